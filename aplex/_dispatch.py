@@ -1,0 +1,441 @@
+"""The parent-side coordinator: works in, results out.
+
+The :class:`Dispatcher` owns everything the parent knows of the pool: the
+workloads the load balancer reads, the FIFO of works waiting for a free
+worker, the works running on each worker, and the counts behind
+:meth:`Dispatcher.statistics`. Callers (``submit``, ``cancel``, ``shutdown``)
+and the workers' result deliveries meet here, under one lock.
+
+No future is completed under that lock: completing runs the future's
+callbacks, which may call back into the executor. Each locked section
+gathers what it decided into ``self._to_settle``, and the caller settles it
+once the lock is released; the decision, not the settling, fixes the order.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import threading
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import CancelledError, InvalidStateError
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Protocol
+
+from ._messages import CANCELLED, DONE, FAILED, STOP, CancelItem, WorkerFailure, WorkItem
+from .futures import ConcurrentFuture
+from .load_balancers import LoadBalancer, Worker
+
+# _Work.state values.
+_WAITING, _RUNNING, _ENDED = range(3)
+# A settle status of our own, beside the ResultItem ones: the pool broke.
+_BROKEN = -1
+
+
+class AplexWorkerError(Exception):
+    """A worker broke: a BaseException that is not an Exception escaped a
+    work, the worker process died, or a worker's initializer raised.
+
+    The executor is broken from then on: every unfinished future fails with
+    :class:`concurrent.futures.CancelledError` caused by this error, and
+    ``submit`` and ``map`` raise it. ``shutdown`` still works.
+    """
+
+
+@dataclass(frozen=True)
+class WorkerStatistics:
+    """One worker, as :meth:`statistics` saw it."""
+
+    index: int
+    name: str
+    running: int
+
+
+@dataclass(frozen=True)
+class PoolStatistics:
+    """The pool as it was when :meth:`statistics` was called.
+
+    Attributes:
+        workers: Each worker with the number of works it runs.
+        waiting: Works waiting in the executor for a free worker.
+        completed: Works that returned, so far.
+        failed: Works that raised, or that could not be sent or balanced.
+        cancelled: Works cancelled, including those a broken pool ended.
+    """
+
+    workers: tuple[WorkerStatistics, ...]
+    waiting: int
+    completed: int
+    failed: int
+    cancelled: int
+
+    @property
+    def running(self) -> int:
+        """Works running on all the workers together."""
+        return sum(worker.running for worker in self.workers)
+
+
+class WorkerPool(Protocol):
+    """The parent's side of a pool of workers of one kind (threads, processes)."""
+
+    def put(self, index: int, items: list[Any]) -> None:
+        """Send items to worker ``index``; never blocks."""
+
+    def abort(self) -> None:
+        """Stop every worker now, cancelling what it runs."""
+
+    def join(self) -> None:
+        """Wait until every worker has exited."""
+
+
+# Called with (on_results, on_exit); starts the workers.
+StartWorkers = Callable[
+    [Callable[[int, list[Any]], None], Callable[[int, BaseException | None], None]], WorkerPool
+]
+
+
+class _Work:
+    __slots__ = (
+        "work_id",
+        "future",
+        "item",
+        "meta",
+        "is_coroutine",
+        "state",
+        "worker",
+        "cancelled",
+    )
+
+    def __init__(
+        self,
+        work_id: int,
+        future: ConcurrentFuture[Any],
+        item: WorkItem,
+        meta: Any,
+        is_coroutine: bool,
+    ):
+        self.work_id = work_id
+        self.future = future
+        self.item = item
+        self.meta = meta
+        self.is_coroutine = is_coroutine
+        self.state = _WAITING
+        self.worker: Worker | None = None
+        self.cancelled = False
+
+
+class Dispatcher:
+    """Routes works to workers and results to futures; see the module doc."""
+
+    def __init__(
+        self,
+        *,
+        worker_names: list[str],
+        load_balancer: type[LoadBalancer],
+        max_works_per_worker: int | None,
+        start_workers: StartWorkers,
+    ):
+        self._lock = threading.Lock()
+        self._ids = itertools.count()
+        self._waiting: deque[_Work] = deque()
+        self._waiting_cancelled = 0  # cancelled works still in _waiting, skipped when reached
+        self._running: dict[int, _Work] = {}
+        self._to_settle: list[tuple[ConcurrentFuture[Any], int, Any]] = []
+        self._completed = self._failed = self._cancelled = 0
+        self._shutdown = False
+        self._stop_sent = False
+        self._broken: AplexWorkerError | None = None
+        self._limit = max_works_per_worker
+        self.workers = tuple(Worker(index, name) for index, name in enumerate(worker_names))
+        self._workloads = dict.fromkeys(self.workers, 0)
+        self._balancer = load_balancer(
+            list(self.workers), MappingProxyType(self._workloads), max_works_per_worker
+        )
+        # Under the lock: a worker that fails at once reports before this
+        # assignment would otherwise be made.
+        with self._lock:
+            self._pool = start_workers(self._on_results, self._on_exit)
+
+    # -- callers ---------------------------------------------------------
+
+    def submit(
+        self,
+        fn: Callable[..., Any],
+        args: Any,
+        kwargs: dict[str, Any],
+        meta: Any,
+        *,
+        chunk: bool = False,
+    ) -> ConcurrentFuture[Any]:
+        """Send a work to a worker, or queue it; return its future."""
+        future: ConcurrentFuture[Any] = ConcurrentFuture(self._cancel)
+        with self._lock:
+            self._check_open()
+            work_id = next(self._ids)
+            work = _Work(
+                work_id,
+                future,
+                WorkItem(work_id, fn, args, kwargs, chunk),
+                meta,
+                _is_coroutine_function(fn),
+            )
+            future._aplex_work = work  # type: ignore[attr-defined]
+            if self._waiting or not self._place(work):
+                self._waiting.append(work)
+            settle = self._take_settle()
+        _settle(settle)
+        return future
+
+    def _cancel(self, future: ConcurrentFuture[Any]) -> bool:
+        work: _Work = future._aplex_work  # type: ignore[attr-defined]
+        with self._lock:
+            if work.cancelled:
+                return True
+            if work.state == _ENDED:
+                return future.cancelled()
+            if work.state == _RUNNING:
+                if not work.is_coroutine:
+                    return False
+                # The work's slot stays taken until its worker answers.
+                assert work.worker is not None
+                self._pool.put(work.worker.index, [CancelItem(work.work_id)])
+            else:
+                work.state = _ENDED
+                self._waiting_cancelled += 1
+                self._dispatch_waiting()
+            work.cancelled = True
+            self._cancelled += 1
+            settle = self._take_settle()
+        _settle(settle)
+        return future._cancel_now()
+
+    def shutdown(self, *, wait: bool, cancel_futures: bool) -> None:
+        """Take no new works; stop the workers once the works taken have ended."""
+        cancelled: list[_Work] = []
+        with self._lock:
+            self._shutdown = True
+            if cancel_futures and self._broken is None:
+                for work in self._waiting:
+                    if not work.cancelled:
+                        work.state = _ENDED
+                        cancelled.append(work)
+                self._waiting.clear()
+                self._waiting_cancelled = 0
+                for work in self._running.values():
+                    if work.is_coroutine and not work.cancelled:
+                        assert work.worker is not None
+                        self._pool.put(work.worker.index, [CancelItem(work.work_id)])
+                        cancelled.append(work)
+                for work in cancelled:
+                    work.cancelled = True
+                self._cancelled += len(cancelled)
+            self._dispatch_waiting()
+        for work in cancelled:
+            work.future._cancel_now()
+        if wait:
+            self._pool.join()
+            # Every worker has reported all it ran before exiting; a work
+            # still unsettled now was lost with a worker that died.
+            with self._lock:
+                if self._running or self._waiting:
+                    self._break(AplexWorkerError("a worker exited without reporting all its works"))
+                settle = self._take_settle()
+            _settle(settle)
+
+    @property
+    def is_shut_down(self) -> bool:
+        return self._shutdown
+
+    @property
+    def broken(self) -> AplexWorkerError | None:
+        return self._broken
+
+    def check_open(self) -> None:
+        """Raise what ``submit`` would raise now, if anything."""
+        with self._lock:
+            self._check_open()
+
+    def statistics(self) -> PoolStatistics:
+        with self._lock:
+            return PoolStatistics(
+                workers=tuple(
+                    WorkerStatistics(worker.index, worker.name, load)
+                    for worker, load in self._workloads.items()
+                ),
+                waiting=len(self._waiting) - self._waiting_cancelled,
+                completed=self._completed,
+                failed=self._failed,
+                cancelled=self._cancelled,
+            )
+
+    # -- workers ---------------------------------------------------------
+
+    def _on_results(self, index: int, results: list[Any]) -> None:
+        """Take a batch of results from worker ``index`` (on any thread)."""
+        with self._lock:
+            for result in results:
+                if type(result) is WorkerFailure:
+                    self._break_by(result)
+                    continue
+                work = self._running.pop(result.work_id, None)
+                if work is None:
+                    continue  # ended already, with the pool that broke
+                assert work.worker is not None
+                self._workloads[work.worker] -= 1
+                work.state = _ENDED
+                if work.cancelled:
+                    continue  # counted, and settled, when cancelled
+                status = result.status
+                if status == DONE:
+                    self._completed += 1
+                elif status == CANCELLED:
+                    self._cancelled += 1
+                else:
+                    self._failed += 1
+                self._to_settle.append((work.future, status, result.value))
+            self._dispatch_waiting()
+            settle = self._take_settle()
+        _settle(settle)
+
+    def _on_exit(self, index: int, error: BaseException | None) -> None:
+        """Worker ``index`` has exited (on any thread)."""
+        with self._lock:
+            on_this_worker = any(
+                work.worker is not None and work.worker.index == index
+                for work in self._running.values()
+            )
+            if error is not None or not self._stop_sent or on_this_worker:
+                name = self.workers[index].name
+                broken = AplexWorkerError(f"worker {name} exited unexpectedly")
+                broken.__cause__ = error
+                self._break(broken)
+            settle = self._take_settle()
+        _settle(settle)
+
+    # -- under the lock --------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._broken is not None:
+            raise self._broken
+        if self._shutdown:
+            raise RuntimeError("cannot take new works after shutdown")
+
+    def _has_free_worker(self) -> bool:
+        limit = self._limit
+        return limit is None or any(load < limit for load in self._workloads.values())
+
+    def _place(self, work: _Work) -> bool:
+        """Send ``work`` to the worker the balancer picks; False if every
+        worker is full. A balancer fault fails the work (and returns True)."""
+        if not self._has_free_worker():
+            return False
+        balancer = type(self._balancer).__name__
+        try:
+            worker = self._balancer.get_proper_worker(work.meta)
+        except Exception as exc:
+            error = RuntimeError(f"load balancer {balancer} raised {exc!r} while choosing a worker")
+            error.__cause__ = exc
+            return self._reject(work, error)
+        load = self._workloads.get(worker) if isinstance(worker, Worker) else None
+        if load is None:
+            return self._reject(
+                work,
+                RuntimeError(
+                    f"load balancer {balancer} returned {worker!r}, "
+                    "which is not a worker of this pool"
+                ),
+            )
+        if self._limit is not None and load >= self._limit:
+            return self._reject(
+                work,
+                RuntimeError(
+                    f"load balancer {balancer} returned {worker.name}, which is full "
+                    f"({load} works running, max_works_per_worker={self._limit})"
+                ),
+            )
+        self._workloads[worker] = load + 1
+        work.worker = worker
+        work.state = _RUNNING
+        self._running[work.work_id] = work
+        work.future.set_running_or_notify_cancel()
+        self._pool.put(worker.index, [work.item])
+        return True
+
+    def _reject(self, work: _Work, error: Exception) -> bool:
+        work.state = _ENDED
+        self._failed += 1
+        self._to_settle.append((work.future, FAILED, error))
+        return True
+
+    def _dispatch_waiting(self) -> None:
+        waiting = self._waiting
+        while waiting:
+            if waiting[0].cancelled:
+                waiting.popleft()
+                self._waiting_cancelled -= 1
+            elif self._has_free_worker():
+                self._place(waiting.popleft())
+            else:
+                return
+        if self._shutdown and not self._stop_sent and self._broken is None:
+            self._stop_sent = True
+            for worker in self.workers:
+                self._pool.put(worker.index, [STOP])
+
+    def _break_by(self, failure: WorkerFailure) -> None:
+        if failure.where == "initializer":
+            message = "a worker's initializer raised"
+        else:
+            message = f"{type(failure.error).__name__} escaped a work and broke its worker"
+        broken = AplexWorkerError(message)
+        broken.__cause__ = failure.error
+        self._break(broken)
+
+    def _break(self, broken: AplexWorkerError) -> None:
+        """End every unfinished work with CancelledError caused by
+        ``broken``, and stop the workers."""
+        if self._broken is not None:
+            return
+        self._broken = broken
+        for work in itertools.chain(self._waiting, self._running.values()):
+            if not work.cancelled:
+                work.state = _ENDED
+                self._cancelled += 1
+                self._to_settle.append((work.future, _BROKEN, broken))
+        self._waiting.clear()
+        self._waiting_cancelled = 0
+        self._running.clear()
+        for worker in self._workloads:
+            self._workloads[worker] = 0
+        self._stop_sent = True
+        self._pool.abort()
+
+    def _take_settle(self) -> list[tuple[ConcurrentFuture[Any], int, Any]]:
+        settle, self._to_settle = self._to_settle, []
+        return settle
+
+
+def _settle(settle: list[tuple[ConcurrentFuture[Any], int, Any]]) -> None:
+    """Complete futures as decided under the lock (never under it)."""
+    for future, status, value in settle:
+        try:
+            if status == DONE:
+                future.set_result(value)
+            elif status == CANCELLED:
+                future._cancel_now()
+            elif status == _BROKEN:
+                error = CancelledError(f"the work was lost: {value}")
+                error.__cause__ = value
+                future.set_exception(error)
+            else:
+                future.set_exception(value)
+        except InvalidStateError:
+            pass  # cancelled by its caller in the meantime
+
+
+def _is_coroutine_function(fn: Callable[..., Any]) -> bool:
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004 (an object with an async __call__)
+    )

@@ -1,0 +1,219 @@
+"""The loop that runs inside a worker, written once on AnyIO.
+
+A worker is a thread or a process running one event loop (asyncio or trio,
+started by a backend) and, on it, :func:`serve`. Its endpoint hands it
+batches of items from the parent and takes batches of results back:
+
+* a :class:`~aplex._messages.WorkItem` is called at once on the loop thread;
+  if the call returns a coroutine, the coroutine becomes a task in its own
+  cancel scope, so that it can be cancelled alone;
+* a :class:`~aplex._messages.CancelItem` cancels that scope;
+* a :class:`~aplex._messages.StopItem` ends the loop once the running works
+  have ended (at once, cancelling them, if it says so).
+
+Results are gathered and sent in one batch per turn of the loop rather than
+one message per work: that is what keeps a process worker's pipe cheap.
+
+This module imports nothing from the front end, so a worker process loads
+only what it needs.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import anyio
+import anyio.lowlevel
+
+from ._messages import (
+    CANCELLED,
+    DONE,
+    FAILED,
+    CancelItem,
+    ResultItem,
+    StopItem,
+    WorkerFailure,
+    WorkItem,
+)
+
+
+class Endpoint(Protocol):
+    """The worker's side of its channel to the parent."""
+
+    async def receive(self) -> list[Any]:
+        """Wait for the next batch of items from the parent."""
+
+    def send(self, results: list[Any]) -> None:
+        """Send a batch of results to the parent."""
+
+
+async def serve(
+    endpoint: Endpoint,
+    initializer: Callable[..., Any] | None = None,
+    initargs: tuple[Any, ...] = (),
+) -> None:
+    """Run works from ``endpoint`` until told to stop or until a work breaks
+    the worker (then a :class:`WorkerFailure` is the last thing sent)."""
+    await _Worker(endpoint).serve(initializer, initargs)
+
+
+class _Worker:
+    def __init__(self, endpoint: Endpoint) -> None:
+        self._endpoint = endpoint
+        self._scopes: dict[int, anyio.CancelScope] = {}
+        self._results: list[Any] = []
+        self._results_ready = anyio.Event()
+        self._finished = anyio.Event()
+        self._stopping = False
+        self._fatal: BaseException | None = None
+        self._cancelled_exc = anyio.get_cancelled_exc_class()
+
+    async def serve(
+        self, initializer: Callable[..., Any] | None, initargs: tuple[Any, ...]
+    ) -> None:
+        if initializer is not None:
+            try:
+                value = initializer(*initargs)
+                if inspect.isawaitable(value):
+                    await value
+            except BaseException as exc:  # any failure of the initializer breaks the pool
+                self._endpoint.send([WorkerFailure("initializer", exc)])
+                return
+        async with anyio.create_task_group() as task_group:
+            self._task_group = task_group
+            task_group.start_soon(self._receive_loop)
+            task_group.start_soon(self._send_loop)
+            await self._finished.wait()
+            task_group.cancel_scope.cancel()
+        self._flush()
+        if self._fatal is not None:
+            self._endpoint.send([WorkerFailure("work", self._fatal)])
+
+    async def _receive_loop(self) -> None:
+        while True:
+            for item in await self._endpoint.receive():
+                kind = type(item)
+                if kind is WorkItem:
+                    self._start(item)
+                elif kind is CancelItem:
+                    scope = self._scopes.get(item.work_id)
+                    if scope is not None:
+                        scope.cancel()
+                elif kind is StopItem:
+                    self._stopping = True
+                    if item.cancel:
+                        for scope in self._scopes.values():
+                            scope.cancel()
+                if self._fatal is not None:
+                    return
+            self._flush()
+            if self._stopping and not self._scopes:
+                self._finished.set()
+                return
+
+    def _start(self, item: WorkItem) -> None:
+        work_id = item.work_id
+        try:
+            if item.chunk:
+                value: Any = _call_chunk(item)
+                is_coroutine = any(inspect.iscoroutine(v) for v in value)
+            else:
+                value = item.fn(*item.args, **item.kwargs)
+                is_coroutine = inspect.iscoroutine(value)
+        except Exception as exc:
+            self._results.append(ResultItem(work_id, FAILED, exc))
+            return
+        except BaseException as exc:
+            self._fail(exc)
+            return
+        if is_coroutine:
+            scope = self._scopes[work_id] = anyio.CancelScope()
+            awaitable = _gather(value) if item.chunk else value
+            self._task_group.start_soon(self._await_work, work_id, awaitable, scope)
+        else:
+            self._results.append(ResultItem(work_id, DONE, value))
+
+    async def _await_work(
+        self, work_id: int, awaitable: Awaitable[Any], scope: anyio.CancelScope
+    ) -> None:
+        status, value = CANCELLED, None
+        try:
+            with scope:
+                try:
+                    value = await awaitable
+                    status = DONE
+                except Exception as exc:
+                    status, value = FAILED, exc
+        except self._cancelled_exc:
+            # The work raised a cancellation of its own making (our scope
+            # swallows the ones we asked for): it ends cancelled, unless the
+            # whole worker is going down, which must go on unwinding.
+            if self._task_group.cancel_scope.cancel_called:
+                raise
+        except BaseException as exc:
+            self._fail(exc)
+            return
+        finally:
+            del self._scopes[work_id]
+        self._results.append(ResultItem(work_id, status, value))
+        self._results_ready.set()
+        if self._stopping and not self._scopes:
+            self._finished.set()
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._fatal is None:
+            self._fatal = exc
+        self._finished.set()
+
+    async def _send_loop(self) -> None:
+        while True:
+            await self._results_ready.wait()
+            self._results_ready = anyio.Event()
+            # Let the other works that are ready end first, so that their
+            # results share one message.
+            await anyio.lowlevel.checkpoint()
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._results:
+            results, self._results = self._results, []
+            self._endpoint.send(results)
+
+
+def _call_chunk(item: WorkItem) -> list[Any]:
+    values: list[Any] = []
+    try:
+        for args in item.args:
+            values.append(item.fn(*args, **item.kwargs))  # noqa: PERF401 (keeps what was made)
+    except BaseException:
+        # The chunk fails as a whole: its coroutines that were made will
+        # never be awaited, and must not warn that they were not.
+        for value in values:
+            if inspect.iscoroutine(value):
+                value.close()
+        raise
+    return values
+
+
+async def _gather(values: list[Any]) -> list[Any]:
+    """Await the coroutines of a chunk concurrently, in place; the first
+    exception cancels the rest and is raised."""
+    first_error: list[Exception] = []
+
+    async def settle(index: int, coroutine: Awaitable[Any]) -> None:
+        try:
+            values[index] = await coroutine
+        except Exception as exc:
+            if not first_error:
+                first_error.append(exc)
+            task_group.cancel_scope.cancel()
+
+    async with anyio.create_task_group() as task_group:
+        for index, value in enumerate(values):
+            if inspect.iscoroutine(value):
+                task_group.start_soon(settle, index, value)
+    if first_error:
+        raise first_error[0]
+    return values

@@ -1,0 +1,49 @@
+"""The asyncio backend, and the asyncio-facing executors.
+
+Workers run asyncio through AnyIO, on the loop ``worker_loop_factory``
+makes (``uvloop.new_event_loop``, say) or on a default one. These executors
+are the ones :mod:`aplex` exports: with ``awaitable=True`` their futures are
+:class:`~aplex.futures.AsyncioFuture` and ``map`` returns an async generator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+
+from ..executor import _AsyncioFrontEnd, _ThreadWorkersMixin
+from . import register_backend
+
+__all__ = ["ThreadAsyncPoolExecutor", "AsyncioBackend"]
+
+
+class AsyncioBackend:
+    """Run workers on asyncio; wake asyncio callers with call_soon_threadsafe."""
+
+    name = "asyncio"
+    supports_loop_factory = True
+
+    def run(
+        self,
+        main: Callable[[], Awaitable[None]],
+        *,
+        loop_factory: Callable[[], Any] | None = None,
+    ) -> None:
+        options = {} if loop_factory is None else {"loop_factory": loop_factory}
+        anyio.run(main, backend="asyncio", backend_options=options)
+
+    def threadsafe_caller(self) -> Callable[[Callable[[], object]], object]:
+        return asyncio.get_running_loop().call_soon_threadsafe
+
+
+register_backend(AsyncioBackend())
+
+
+class ThreadAsyncPoolExecutor(_ThreadWorkersMixin, _AsyncioFrontEnd):
+    """A pool of worker threads, each running an event loop with many works at once.
+
+    See :class:`aplex.executor.AsyncPoolExecutor` for the arguments and methods.
+    """

@@ -1,0 +1,201 @@
+"""The futures an executor returns.
+
+Every work has one :class:`ConcurrentFuture`, owned by the executor. Callers
+that await see it through a thin view bound to their event loop:
+:class:`AsyncioFuture` for asyncio, :class:`TrioFuture` for trio.
+
+**Cancellation.** Unlike :mod:`concurrent.futures`, a *running* work can be
+cancelled when it is a coroutine work: ``cancel()`` asks its worker to cancel
+the task and returns True, and the future ends cancelled even if the work
+finished before the request reached the worker (its result is dropped). A
+work still waiting in the executor is cancelled at once. A plain function
+that is running cannot be interrupted: ``cancel()`` returns False and the
+work runs to its end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from collections.abc import Callable, Generator
+from concurrent.futures._base import PENDING, RUNNING
+from typing import Any, Generic, TypeVar
+
+import anyio
+
+from .backends import current_backend
+
+T = TypeVar("T")
+
+__all__ = ["ConcurrentFuture", "AsyncioFuture", "TrioFuture"]
+
+
+class ConcurrentFuture(concurrent.futures.Future[T]):
+    """A :class:`concurrent.futures.Future` that cancels like :class:`asyncio.Task`.
+
+    Args:
+        cancel_interface: Called with the future by :meth:`cancel`; returns
+            whether the work could be cancelled. The executor passes its own.
+    """
+
+    def __init__(self, cancel_interface: Callable[[ConcurrentFuture[Any]], bool] | None = None):
+        super().__init__()
+        self._cancel_interface = cancel_interface
+
+    def cancel(self) -> bool:
+        """Try to cancel the work.
+
+        Returns:
+            True if the work was waiting or is a coroutine work (the future
+            ends cancelled), False if it is a running plain function or has
+            already ended.
+        """
+        if self._cancel_interface is None:
+            return self._cancel_now()
+        return self._cancel_interface(self)
+
+    def _cancel_now(self) -> bool:
+        """Mark the future cancelled, running or not; the executor has made
+        sure the work's result will not be set on it."""
+        with self._condition:
+            if self._state == RUNNING:
+                self._state = PENDING
+        if not super().cancel():
+            return False
+        # Moves the state on to CANCELLED_AND_NOTIFIED, which is what wakes
+        # concurrent.futures.wait() and as_completed().
+        self.set_running_or_notify_cancel()
+        return True
+
+
+class AsyncioFuture(asyncio.Future[T]):
+    """An :class:`asyncio.Future` view of a :class:`ConcurrentFuture`.
+
+    Awaiting it awaits the work. Its state follows the concurrent future's,
+    copied onto ``loop`` from whatever thread the result arrives on.
+
+    **Cancellation.** :meth:`cancel`, or cancelling the task awaiting it,
+    cancels the work as :meth:`ConcurrentFuture.cancel` does. When the work is
+    a running plain function, cancel() returns False and a task awaiting it
+    receives its cancellation once the function has returned.
+
+    Args:
+        concurrent_future: The future it follows.
+        loop: The loop it belongs to; the running loop when omitted.
+    """
+
+    def __init__(
+        self,
+        concurrent_future: concurrent.futures.Future[T],
+        loop: asyncio.AbstractEventLoop | None = None,
+    ):
+        super().__init__(loop=loop)
+        self._concurrent_future = concurrent_future
+        concurrent_future.add_done_callback(self._copy_state_threadsafe)
+
+    def cancel(self, msg: Any | None = None) -> bool:
+        """Try to cancel the work; see :meth:`ConcurrentFuture.cancel`."""
+        if self.done() or not self._concurrent_future.cancel():
+            return False
+        return super().cancel(msg=msg)
+
+    def _copy_state_threadsafe(self, concurrent_future: concurrent.futures.Future[T]) -> None:
+        try:
+            self.get_loop().call_soon_threadsafe(self._copy_state, concurrent_future)
+        except RuntimeError:
+            pass  # the loop is closed: nobody can await this future any more
+
+    def _copy_state(self, concurrent_future: concurrent.futures.Future[T]) -> None:
+        if self.done():
+            return
+        if concurrent_future.cancelled():
+            super().cancel()
+            return
+        exception = concurrent_future.exception()
+        if exception is None:
+            self.set_result(concurrent_future.result())
+        else:
+            self.set_exception(exception)
+
+
+class TrioFuture(Generic[T]):
+    """A view of a :class:`ConcurrentFuture` that trio code awaits.
+
+    **Cancellation.** Cancelling the scope that awaits it cancels the work as
+    :meth:`ConcurrentFuture.cancel` does, and the awaiting task is cancelled
+    at once even if the work cannot be (a running plain function).
+    """
+
+    __slots__ = ("_future",)
+
+    def __init__(self, concurrent_future: concurrent.futures.Future[T]):
+        self._future = concurrent_future
+
+    def __await__(self) -> Generator[Any, None, T]:
+        return wait_future(self._future).__await__()
+
+    def done(self) -> bool:
+        """Return True if the work has ended: result, exception or cancelled."""
+        return self._future.done()
+
+    def cancelled(self) -> bool:
+        """Return True if the work was cancelled."""
+        return self._future.cancelled()
+
+    def cancel(self) -> bool:
+        """Try to cancel the work; see :meth:`ConcurrentFuture.cancel`."""
+        return self._future.cancel()
+
+    def result(self) -> T:
+        """Return the work's result, or raise its exception.
+
+        Raises:
+            concurrent.futures.InvalidStateError: The work has not ended yet.
+            concurrent.futures.CancelledError: The work was cancelled.
+        """
+        self._check_done()
+        return self._future.result()
+
+    def exception(self) -> BaseException | None:
+        """Return the work's exception, or None if it returned.
+
+        Raises:
+            concurrent.futures.InvalidStateError: The work has not ended yet.
+            concurrent.futures.CancelledError: The work was cancelled.
+        """
+        self._check_done()
+        return self._future.exception()
+
+    def _check_done(self) -> None:
+        if not self._future.done():
+            raise concurrent.futures.InvalidStateError(
+                "the work has not ended yet: await the future"
+            )
+
+    def __repr__(self) -> str:
+        return f"<TrioFuture of {self._future!r}>"
+
+
+async def wait_future(future: concurrent.futures.Future[T]) -> T:
+    """Await a concurrent future from any event loop AnyIO supports.
+
+    **Cancellation.** Cancelling the awaiting task cancels the future (and so
+    its work) and unwinds at once.
+    """
+    if not future.done():
+        ended = anyio.Event()
+        call_soon = current_backend().threadsafe_caller()
+
+        def wake(_: object) -> None:
+            try:
+                call_soon(ended.set)
+            except Exception:
+                pass  # the caller's loop has ended: nobody is waiting
+
+        future.add_done_callback(wake)
+        try:
+            await ended.wait()
+        except BaseException:
+            future.cancel()
+            raise
+    return future.result()

@@ -1,0 +1,145 @@
+"""Load balancers: which worker gets the next work.
+
+The executor keeps, for every worker, its workload: how many works it runs
+now. When a work is to be sent and at least one worker is below
+``max_works_per_worker``, the executor asks its balancer's
+:meth:`LoadBalancer.get_proper_worker`, from one thread at a time. Works
+that find every worker full wait in the executor, first in first out.
+
+A balancer that raises, or returns a worker that is not of its pool or is
+full, fails that one work with a :class:`RuntimeError` naming the problem;
+the executor goes on serving.
+
+Writing your own::
+
+    class Sticky(LoadBalancer):
+        def get_proper_worker(self, load_balancing_meta):
+            preferred = self.workers[hash(load_balancing_meta) % len(self.workers)]
+            if self.is_available(preferred):
+                return preferred
+            return next(self.get_available_workers())
+"""
+
+from __future__ import annotations
+
+import abc
+import random
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+__all__ = ["Worker", "LoadBalancer", "RoundRobin", "Random", "Average"]
+
+
+@dataclass(frozen=True)
+class Worker:
+    """A worker as a balancer sees it: a small hashable handle.
+
+    Attributes:
+        index: Its place in the pool, from 0; stable for the pool's life.
+        name: A readable name, e.g. ``"ThreadWorker-0"``.
+    """
+
+    index: int
+    name: str
+
+
+class LoadBalancer(abc.ABC):
+    """The base class of all load balancers.
+
+    Subclass it and implement :meth:`get_proper_worker`. An ``__init__`` of
+    your own must call ``super().__init__(*args, **kwargs)`` first.
+
+    Args:
+        workers: The pool's workers.
+        workloads: How many works each worker runs now. The balancer keeps a
+            read-only view of it, which the executor keeps up to date.
+        max_works_per_worker: The most works one worker may run at once;
+            None for no limit.
+    """
+
+    def __init__(
+        self,
+        workers: Sequence[Worker],
+        workloads: Mapping[Worker, int],
+        max_works_per_worker: int | None,
+    ):
+        self._workers = tuple(workers)
+        if not isinstance(workloads, MappingProxyType):
+            workloads = MappingProxyType(dict(workloads))
+        self._workloads: Mapping[Worker, int] = workloads
+        self._max_works_per_worker = max_works_per_worker
+
+    @property
+    def workers(self) -> tuple[Worker, ...]:
+        """The pool's workers, in index order (read-only)."""
+        return self._workers
+
+    @property
+    def workloads(self) -> Mapping[Worker, int]:
+        """How many works each worker runs now (a read-only, live view)."""
+        return self._workloads
+
+    @property
+    def max_works_per_worker(self) -> int | None:
+        """The most works one worker may run at once; None for no limit."""
+        return self._max_works_per_worker
+
+    def get_available_workers(self) -> Iterator[Worker]:
+        """Return an iterator over the workers below ``max_works_per_worker``."""
+        return (worker for worker in self._workers if self.is_available(worker))
+
+    def is_available(self, worker: Worker) -> bool:
+        """Return True if ``worker`` is below ``max_works_per_worker``."""
+        limit = self._max_works_per_worker
+        return limit is None or self._workloads[worker] < limit
+
+    @abc.abstractmethod
+    def get_proper_worker(self, load_balancing_meta: Any | None) -> Worker:
+        """Return the available worker that gets the next work.
+
+        Called only when at least one worker is available.
+
+        Args:
+            load_balancing_meta: What the caller passed to ``submit`` or
+                ``map`` as ``load_balancing_meta``, or None.
+        """
+
+
+class RoundRobin(LoadBalancer):
+    """Each work to the next available worker after the last one chosen."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._next = 0
+
+    def get_proper_worker(self, load_balancing_meta: Any | None) -> Worker:
+        """Return the next available worker, in index order, cyclically."""
+        workers = self.workers
+        count = len(workers)
+        for offset in range(count):
+            position = (self._next + offset) % count
+            worker = workers[position]
+            if self.is_available(worker):
+                self._next = (position + 1) % count
+                return worker
+        raise RuntimeError("RoundRobin was asked for a worker while none is available")
+
+
+class Random(LoadBalancer):
+    """Each work to an available worker picked at random."""
+
+    def get_proper_worker(self, load_balancing_meta: Any | None) -> Worker:
+        """Return a randomly picked available worker."""
+        return random.choice(list(self.get_available_workers()))
+
+
+class Average(LoadBalancer):
+    """Each work to the available worker with the smallest workload (the
+    lowest index among equals), so that workloads stay even."""
+
+    def get_proper_worker(self, load_balancing_meta: Any | None) -> Worker:
+        """Return an available worker with the minimum workload."""
+        workloads = self.workloads
+        return min(self.get_available_workers(), key=workloads.__getitem__)
