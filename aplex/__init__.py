@@ -18,7 +18,7 @@ This package's own namespace is only re-exports. Where things live:
 """
 
 from ._version import __version__
-from .backends.asyncio import ThreadAsyncPoolExecutor
+from .backends.asyncio import ProcessAsyncPoolExecutor, ThreadAsyncPoolExecutor
 from .executor import AplexWorkerError
 from .futures import AsyncioFuture, ConcurrentFuture
 from .load_balancers import LoadBalancer
@@ -28,6 +28,7 @@ __all__ = [
     "AsyncioFuture",
     "ConcurrentFuture",
     "LoadBalancer",
+    "ProcessAsyncPoolExecutor",
     "ThreadAsyncPoolExecutor",
     "__version__",
 ]

@@ -4,6 +4,9 @@ A worker pool's parent side (:class:`ThreadWorkers`) starts the workers and
 puts items into their channels without ever blocking the caller; the worker
 side of each channel is the endpoint that :func:`aplex._worker.serve` reads.
 
+Process workers get their items through a pipe, pickled (see _pickling);
+their parent-side threads are described above ProcessWorkers.
+
 Thread workers share the parent's memory, so nothing is pickled: a channel
 is a list behind a lock, and a socket pair whose only job is to wake the
 worker's event loop when the list stops being empty (one byte per sleep, not
@@ -12,6 +15,9 @@ per work). Results are handed to the dispatcher on the worker's own thread.
 
 from __future__ import annotations
 
+import os
+import select
+import signal
 import socket
 import threading
 from collections.abc import Callable
@@ -19,8 +25,10 @@ from functools import partial
 from typing import Any
 
 import anyio
+import cloudpickle
 
-from ._messages import ABORT
+from ._messages import ABORT, WorkerFailure
+from ._pickling import dumps_results, dumps_works, loads
 from ._worker import serve
 from .backends import Backend
 
@@ -134,3 +142,195 @@ def _run_thread_worker(
     finally:
         channel.close()
         on_exit(index, error)
+
+
+# -- process workers ---------------------------------------------------------
+#
+# Each process worker has a duplex pipe and two parent threads: a feeder that
+# pickles and writes the batches put() leaves for it (so that a caller never
+# blocks on a full pipe, and a work that cannot be pickled fails on its own),
+# and a reader that reads result batches and, at end of file, reaps the
+# process and reports its exit. Per-worker threads keep one busy worker from
+# holding up the others.
+
+
+class ProcessWorkers:
+    """A pool of worker processes, each running its own event loop."""
+
+    def __init__(
+        self,
+        names: list[str],
+        *,
+        context: Any,
+        backend: Backend,
+        loop_factory: Callable[[], Any] | None,
+        initializer: Callable[..., Any] | None,
+        initargs: tuple[Any, ...],
+        on_results: OnResults,
+        on_exit: OnExit,
+    ):
+        # Pickled once, with cloudpickle: they may be lambdas or closures.
+        setup = cloudpickle.dumps((backend, loop_factory, initializer, initargs))
+        self._links = []
+        for index, name in enumerate(names):
+            parent_end, child_end = context.Pipe(duplex=True)
+            process = context.Process(
+                target=_run_process_worker, args=(child_end, setup), name=f"aplex-{name}"
+            )
+            process.start()
+            child_end.close()
+            self._links.append(_ProcessLink(index, name, process, parent_end, on_results, on_exit))
+
+    def put(self, index: int, items: list[Any]) -> None:
+        self._links[index].put(items)
+
+    def abort(self) -> None:
+        for link in self._links:
+            try:
+                link.process.terminate()
+            except ValueError:
+                pass  # already reaped and closed by its reader
+
+    def join(self) -> None:
+        for link in self._links:
+            link.join()
+
+
+class _ProcessLink:
+    """The parent's end of one worker process: its feeder and reader threads."""
+
+    def __init__(
+        self,
+        index: int,
+        name: str,
+        process: Any,
+        connection: Any,
+        on_results: OnResults,
+        on_exit: OnExit,
+    ):
+        self.index = index
+        self.process = process
+        self._connection = connection
+        self._on_results = on_results
+        self._on_exit = on_exit
+        self._ready = threading.Condition(threading.Lock())
+        self._outbox: list[Any] = []
+        self._closing = False
+        self._feeder = threading.Thread(target=self._feed, name=f"aplex-{name}-feeder")
+        self._reader = threading.Thread(target=self._read, name=f"aplex-{name}-reader")
+        self._feeder.start()
+        self._reader.start()
+
+    def put(self, items: list[Any]) -> None:
+        with self._ready:
+            if self._closing:
+                return  # the worker has exited: the dispatcher learns it from on_exit
+            self._outbox.extend(items)
+            self._ready.notify()
+
+    def _feed(self) -> None:
+        while True:
+            with self._ready:
+                while not self._outbox and not self._closing:
+                    self._ready.wait()
+                if self._closing:
+                    return
+                items, self._outbox = self._outbox, []
+            data, failed = dumps_works(items)
+            if failed:
+                self._on_results(self.index, failed)
+            try:
+                self._connection.send_bytes(data)
+            except OSError:
+                return  # the worker is gone: the reader reports it
+
+    def _read(self) -> None:
+        connection = self._connection
+        try:
+            while True:
+                self._on_results(self.index, loads(connection.recv_bytes()))
+        except (EOFError, OSError):
+            pass
+        self.process.join()
+        with self._ready:
+            self._closing = True
+            self._ready.notify()
+        self._feeder.join()
+        connection.close()
+        exitcode = self.process.exitcode
+        self.process.close()
+        error = None if exitcode == 0 else _ProcessExit(exitcode)
+        self._on_exit(self.index, error)
+
+    def join(self) -> None:
+        if threading.current_thread() is not self._reader:
+            self._reader.join()
+
+
+class _ProcessExit(Exception):
+    """How a worker process ended, when that was not a clean exit."""
+
+    def __init__(self, exitcode: int | None):
+        if exitcode is not None and exitcode < 0:
+            try:
+                how = f"was killed by {signal.Signals(-exitcode).name}"
+            except ValueError:
+                how = f"was killed by signal {-exitcode}"
+        else:
+            how = f"exited with code {exitcode}"
+        super().__init__(f"the worker process {how}")
+        self.exitcode = exitcode
+
+
+class _PipeEndpoint:
+    """A process worker's end of its pipe, as :func:`serve` reads it."""
+
+    def __init__(self, connection: Any):
+        self._connection = connection
+        self._fileno = connection.fileno()
+
+    async def receive(self) -> list[Any]:
+        await anyio.wait_readable(self._fileno)
+        connection = self._connection
+        items = loads(connection.recv_bytes())
+        while connection.poll():
+            items.extend(loads(connection.recv_bytes()))
+        return items
+
+    def send(self, results: list[Any]) -> None:
+        self._connection.send_bytes(dumps_results(results))
+
+
+def _run_process_worker(connection: Any, setup: bytes) -> None:
+    # Ctrl-C goes to the whole foreground process group; the parent decides
+    # what it means for the workers, and stops them itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _exit_with_parent(connection.fileno())
+    endpoint = _PipeEndpoint(connection)
+    try:
+        backend, loop_factory, initializer, initargs = loads(setup)
+    except BaseException as exc:
+        endpoint.send([WorkerFailure("initializer", exc)])
+        return
+    try:
+        backend.run(partial(serve, endpoint, initializer, initargs), loop_factory=loop_factory)
+    except (EOFError, OSError):
+        pass  # the parent has gone away: nothing left to report to
+
+
+def _exit_with_parent(fileno: int) -> None:
+    """Exit as soon as the parent's end of the pipe closes, even while a
+    plain work blocks the loop: the parent may have been killed outright."""
+
+    if not hasattr(select, "POLLRDHUP"):  # not Linux: rely on end of file in the loop
+        return
+
+    def watch() -> None:
+        poller = select.poll()
+        poller.register(fileno, select.POLLRDHUP)
+        while True:
+            for _, events in poller.poll():
+                if events & (select.POLLRDHUP | select.POLLHUP | select.POLLERR | select.POLLNVAL):
+                    os._exit(1)
+
+    threading.Thread(target=watch, name="aplex-parent-watch", daemon=True).start()

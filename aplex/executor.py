@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import multiprocessing
 import os
 import threading
 import time
@@ -46,7 +47,7 @@ from typing import Any, ClassVar
 import anyio
 import anyio.to_thread
 
-from ._channels import ThreadWorkers
+from ._channels import ProcessWorkers, ThreadWorkers
 from ._dispatch import AplexWorkerError, Dispatcher, PoolStatistics, WorkerPool, WorkerStatistics
 from .backends import get_backend
 from .futures import ConcurrentFuture, wait_future
@@ -153,7 +154,7 @@ class AsyncPoolExecutor:
         )
         _live_dispatchers.add(self._dispatcher)
 
-    # -- the worker kind's hooks (see _ThreadWorkersMixin, ProcessWorkersMixin)
+    # -- the worker kind's hooks (see _ThreadKind, ProcessWorkersMixin)
 
     def _prepare_workers(self) -> None:
         """Check the worker kind's own arguments, before any worker starts."""
@@ -336,13 +337,51 @@ class AsyncPoolExecutor:
             dispatcher.shutdown(wait=False, cancel_futures=False)
 
 
-class _ThreadWorkersMixin(AsyncPoolExecutor):
+class _ThreadKind(AsyncPoolExecutor):
     _worker_kind = "Thread"
 
     def _start_workers(
         self, names: list[str], on_results: Any, on_exit: Any, **options: Any
     ) -> WorkerPool:
         return ThreadWorkers(names, on_results=on_results, on_exit=on_exit, **options)
+
+
+class _ProcessKind(AsyncPoolExecutor):
+    """Process workers. Works, arguments and results are pickled with cloudpickle.
+
+    Args:
+        mp_context: A :mod:`multiprocessing` start method name or context.
+            The default is ``"forkserver"`` where there is one, else
+            ``"spawn"``: neither forks a parent that runs threads.
+        **kwargs: As for :class:`AsyncPoolExecutor`.
+    """
+
+    _worker_kind = "Process"
+
+    def __init__(self, *, mp_context: Any = None, **kwargs: Any):
+        self._mp_context = _multiprocessing_context(mp_context)
+        super().__init__(**kwargs)
+
+    def _start_workers(
+        self, names: list[str], on_results: Any, on_exit: Any, **options: Any
+    ) -> WorkerPool:
+        return ProcessWorkers(
+            names, context=self._mp_context, on_results=on_results, on_exit=on_exit, **options
+        )
+
+
+def _multiprocessing_context(mp_context: Any) -> Any:
+    if mp_context is None:
+        methods = multiprocessing.get_all_start_methods()
+        return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    if isinstance(mp_context, str):
+        return multiprocessing.get_context(mp_context)  # ValueError names a bad method
+    if not (hasattr(mp_context, "Process") and hasattr(mp_context, "Pipe")):
+        raise TypeError(
+            f"mp_context must be a start method name or a multiprocessing context, "
+            f"got {mp_context!r}"
+        )
+    return mp_context
 
 
 class _AsyncioFrontEnd(AsyncPoolExecutor):

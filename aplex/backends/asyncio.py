@@ -14,10 +14,10 @@ from typing import Any
 
 import anyio
 
-from ..executor import _AsyncioFrontEnd, _ThreadWorkersMixin
+from ..executor import _AsyncioFrontEnd, _ProcessKind, _ThreadKind
 from . import register_backend
 
-__all__ = ["ThreadAsyncPoolExecutor", "AsyncioBackend"]
+__all__ = ["ProcessAsyncPoolExecutor", "ThreadAsyncPoolExecutor", "AsyncioBackend"]
 
 
 class AsyncioBackend:
@@ -42,8 +42,15 @@ class AsyncioBackend:
 register_backend(AsyncioBackend())
 
 
-class ThreadAsyncPoolExecutor(_ThreadWorkersMixin, _AsyncioFrontEnd):
+class ThreadAsyncPoolExecutor(_ThreadKind, _AsyncioFrontEnd):
     """A pool of worker threads, each running an event loop with many works at once.
+
+    See :class:`aplex.executor.AsyncPoolExecutor` for the arguments and methods.
+    """
+
+
+class ProcessAsyncPoolExecutor(_ProcessKind, _AsyncioFrontEnd):
+    """A pool of worker processes, each running an event loop with many works at once.
 
     See :class:`aplex.executor.AsyncPoolExecutor` for the arguments and methods.
     """

@@ -1,0 +1,169 @@
+"""How items cross a process boundary, and what happens when one cannot.
+
+Works go to workers with cloudpickle, so lambdas, closures and functions of
+``__main__`` or a notebook can be sent. Results come back with the standard
+pickle first (they are mostly data, and it is faster) and cloudpickle if
+that fails. A batch is pickled whole; only when that fails is each item
+tried alone, so that the one that cannot be sent fails alone, with an error
+that names what could not be pickled.
+
+An exception travels with its traceback as text, attached on arrival as its
+``__cause__`` (as :mod:`concurrent.futures` does); one that cannot be pickled
+arrives as a :class:`RemoteError` that keeps its type name, message and
+traceback text.
+"""
+
+from __future__ import annotations
+
+import pickle
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import cloudpickle
+
+from ._messages import FAILED, ResultItem, WorkerFailure, WorkItem
+
+PROTOCOL = pickle.HIGHEST_PROTOCOL
+
+
+class RemoteError(Exception):
+    """An exception raised in a worker that could not be pickled back.
+
+    Attributes:
+        type_name: The qualified name of the original exception's type.
+        message: ``str()`` of the original exception.
+        traceback_text: The worker's traceback, formatted.
+    """
+
+    def __init__(self, type_name: str, message: str, traceback_text: str):
+        super().__init__(type_name, message, traceback_text)
+        self.type_name = type_name
+        self.message = message
+        self.traceback_text = traceback_text
+
+    def __str__(self) -> str:
+        return f"{self.type_name}: {self.message}\n\nWorker traceback:\n{self.traceback_text}"
+
+
+class RemoteTraceback(Exception):
+    """The traceback of an exception raised in a worker process, as text."""
+
+    def __init__(self, text: str):
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def _rebuild_exception(exc: BaseException, text: str) -> BaseException:
+    exc.__cause__ = RemoteTraceback(text)
+    return exc
+
+
+class _ExceptionWithTraceback:
+    """Pickles as its exception, with the traceback text as its cause."""
+
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+        self.text = '\n"""\n' + "".join(traceback.format_exception(exc)) + '"""'
+
+    def __reduce__(self) -> tuple[Callable[..., BaseException], tuple[Any, ...]]:
+        return _rebuild_exception, (self.exc, self.text)
+
+
+def dumps_works(items: list[Any]) -> tuple[bytes, list[ResultItem]]:
+    """Pickle a batch for a worker.
+
+    Returns:
+        The pickled batch, and a failed result for each work that could not
+        be pickled (left out of the batch).
+    """
+    try:
+        return cloudpickle.dumps(items, protocol=PROTOCOL), []
+    except Exception:
+        pass
+    sendable, failed = [], []
+    for item in items:
+        try:
+            cloudpickle.dumps(item, protocol=PROTOCOL)
+        except Exception as exc:
+            failed.append(ResultItem(item.work_id, FAILED, _work_pickling_error(item, exc)))
+        else:
+            sendable.append(item)
+    return cloudpickle.dumps(sendable, protocol=PROTOCOL), failed
+
+
+def _work_pickling_error(item: WorkItem, exc: Exception) -> pickle.PicklingError:
+    name = getattr(item.fn, "__qualname__", repr(item.fn))
+    culprit = "the work"
+    candidates: list[tuple[str, Any]] = [("the work", item.fn)]
+    arguments = [a for chunk in item.args for a in chunk] if item.chunk else list(item.args)
+    candidates += [(f"argument {i} ({type(a).__name__})", a) for i, a in enumerate(arguments)]
+    candidates += [
+        (f"keyword argument {k!r} ({type(v).__name__})", v) for k, v in item.kwargs.items()
+    ]
+    for label, value in candidates:
+        try:
+            cloudpickle.dumps(value, protocol=PROTOCOL)
+        except Exception:
+            culprit = label
+            break
+    error = pickle.PicklingError(
+        f"cannot send work {name} to a worker: {culprit} could not be "
+        f"pickled ({type(exc).__name__}: {exc})"
+    )
+    error.__cause__ = exc
+    return error
+
+
+def dumps_results(results: list[Any]) -> bytes:
+    """Pickle a batch of results for the parent; what cannot be pickled
+    becomes an error the parent can read."""
+    results = [_with_traceback(result) for result in results]
+    try:
+        return pickle.dumps(results, protocol=PROTOCOL)
+    except Exception:
+        pass
+    try:
+        return cloudpickle.dumps(results, protocol=PROTOCOL)
+    except Exception:
+        pass
+    return cloudpickle.dumps([_sendable_result(result) for result in results], protocol=PROTOCOL)
+
+
+def _with_traceback(result: Any) -> Any:
+    if type(result) is WorkerFailure:
+        return WorkerFailure(result.where, _ExceptionWithTraceback(result.error))  # type: ignore[arg-type]
+    if result.status == FAILED:
+        return ResultItem(result.work_id, FAILED, _ExceptionWithTraceback(result.value))
+    return result
+
+
+def _sendable_result(result: Any) -> Any:
+    try:
+        cloudpickle.dumps(result, protocol=PROTOCOL)
+        return result
+    except Exception as exc:
+        pickling_error = exc
+    if type(result) is WorkerFailure or result.status == FAILED:
+        wrapped = result.error if type(result) is WorkerFailure else result.value
+        original = wrapped.exc
+        remote = RemoteError(
+            f"{type(original).__module__}.{type(original).__qualname__}",
+            str(original),
+            "".join(traceback.format_exception(original)),
+        )
+        if type(result) is WorkerFailure:
+            return WorkerFailure(result.where, remote)
+        return ResultItem(result.work_id, FAILED, remote)
+    error = pickle.PicklingError(
+        f"cannot send the result back from the worker: a {type(result.value).__name__} object "
+        f"could not be pickled ({type(pickling_error).__name__}: {pickling_error})"
+    )
+    return ResultItem(result.work_id, FAILED, _ExceptionWithTraceback(error))
+
+
+def loads(data: bytes) -> Any:
+    return pickle.loads(data)

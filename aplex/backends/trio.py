@@ -1,0 +1,86 @@
+"""The trio backend, and the executors for trio programs.
+
+Workers run trio through AnyIO (``worker_backend="trio"``, the default
+here), so works may be trio-native coroutine functions. The executors of
+this module hand out :class:`~aplex.futures.TrioFuture` objects, awaitable
+inside trio, and their ``map`` returns an async iterator.
+
+**Cancellation.** Cancelling the trio scope that awaits a future, a ``map``
+iteration or ``run()`` cancels the work in its worker (see
+:meth:`aplex.futures.ConcurrentFuture.cancel`) and unwinds at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, NoReturn
+
+import anyio
+import trio
+
+from ..executor import AsyncPoolExecutor, _ProcessKind, _ThreadKind
+from ..futures import ConcurrentFuture, TrioFuture
+from . import register_backend
+
+__all__ = ["ProcessAsyncPoolExecutor", "ThreadAsyncPoolExecutor", "TrioBackend"]
+
+
+class TrioBackend:
+    """Run workers on trio; wake trio callers through their TrioToken."""
+
+    name = "trio"
+    supports_loop_factory = False
+
+    def run(
+        self,
+        main: Callable[[], Awaitable[None]],
+        *,
+        loop_factory: Callable[[], Any] | None = None,
+    ) -> None:
+        anyio.run(main, backend="trio")
+
+    def threadsafe_caller(self) -> Callable[[Callable[[], object]], object]:
+        return trio.lowlevel.current_trio_token().run_sync_soon
+
+
+register_backend(TrioBackend())
+
+
+class _TrioFrontEnd(AsyncPoolExecutor):
+    """The trio-facing front end: futures are always awaitable in trio."""
+
+    _default_worker_backend = "trio"
+    _map_is_async = True
+
+    def __init__(self, *, awaitable: Any = None, future_loop: Any = None, **kwargs: Any):
+        for name, value in (("awaitable", awaitable), ("future_loop", future_loop)):
+            if value is not None:
+                raise TypeError(
+                    f"{name} does not apply to aplex.backends.trio executors: "
+                    "their futures are always awaitable in trio"
+                )
+        super().__init__(**kwargs)
+
+    def _future_view(self) -> Callable[[ConcurrentFuture[Any]], Any]:
+        return TrioFuture
+
+    def set_future_loop(self, loop: Any) -> NoReturn:
+        """Not for trio executors: their futures need no loop."""
+        raise TypeError(
+            "set_future_loop() does not apply to aplex.backends.trio executors: "
+            "their futures are always awaitable in trio"
+        )
+
+
+class ThreadAsyncPoolExecutor(_ThreadKind, _TrioFrontEnd):
+    """A pool of worker threads for trio programs; workers run trio by default.
+
+    See :class:`aplex.executor.AsyncPoolExecutor` for the arguments and methods.
+    """
+
+
+class ProcessAsyncPoolExecutor(_ProcessKind, _TrioFrontEnd):
+    """A pool of worker processes for trio programs; workers run trio by default.
+
+    See :class:`aplex.executor.AsyncPoolExecutor` for the arguments and methods.
+    """

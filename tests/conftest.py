@@ -1,0 +1,42 @@
+"""Shared fixtures.
+
+Every test is checked for leaks: no aplex worker thread and no child process
+may outlive it. A test that leaves its executor running on purpose shuts it
+down itself.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import time
+
+import pytest
+
+
+def _aplex_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("aplex-")]
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_workers():
+    before_threads = set(_aplex_threads())
+    yield
+    # Worker threads end right after shutdown(wait=False) lets them go, so
+    # give them a generous moment before calling it a leak.
+    deadline = time.monotonic() + 10
+    while True:
+        leaked = [t for t in _aplex_threads() if t not in before_threads and t.is_alive()]
+        children = multiprocessing.active_children()
+        if not leaked and not children:
+            return
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    pytest.fail(f"leaked worker threads {leaked} or child processes {children}")
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request):
+    """The caller's event loop for the tests marked ``anyio``."""
+    return request.param
