@@ -185,9 +185,11 @@ class ProcessWorkers:
         self._links[index].put(items)
 
     def abort(self) -> None:
+        # SIGKILL, not SIGTERM: a work may have replaced the SIGTERM handler,
+        # and a broken pool owes its running works nothing.
         for link in self._links:
             try:
-                link.process.terminate()
+                link.process.kill()
             except ValueError:
                 pass  # already reaped and closed by its reader
 
@@ -246,9 +248,19 @@ class _ProcessLink:
 
     def _read(self) -> None:
         connection = self._connection
+        error: BaseException | None = None
         try:
             while True:
-                self._on_results(self.index, loads(connection.recv_bytes()))
+                data = connection.recv_bytes()
+                try:
+                    results = loads(data)
+                except Exception as exc:
+                    # The batch's works cannot be told apart any more: the
+                    # pool breaks, rather than leave their callers waiting.
+                    error = exc
+                    self.process.kill()
+                    break
+                self._on_results(self.index, results)
         except (EOFError, OSError):
             pass
         self.process.join()
@@ -259,7 +271,8 @@ class _ProcessLink:
         connection.close()
         exitcode = self.process.exitcode
         self.process.close()
-        error = None if exitcode == 0 else _ProcessExit(exitcode)
+        if error is None and exitcode != 0:
+            error = _ProcessExit(exitcode)
         self._on_exit(self.index, error)
 
     def join(self) -> None:

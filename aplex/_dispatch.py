@@ -244,6 +244,14 @@ class Dispatcher:
                 settle = self._take_settle()
             _settle(settle)
 
+    def terminate(self) -> None:
+        """Break the pool at once: stop every worker, cancel every work."""
+        with self._lock:
+            self._shutdown = True
+            self._break(AplexWorkerError("the pool was terminated"))
+            settle = self._take_settle()
+        _settle(settle)
+
     @property
     def is_shut_down(self) -> bool:
         return self._shutdown

@@ -135,10 +135,32 @@ def dumps_results(results: list[Any]) -> bytes:
 
 def _with_traceback(result: Any) -> Any:
     if type(result) is WorkerFailure:
-        return WorkerFailure(result.where, _ExceptionWithTraceback(result.error))  # type: ignore[arg-type]
+        return WorkerFailure(result.where, _ExceptionWithTraceback(_round_trips(result.error)))  # type: ignore[arg-type]
     if result.status == FAILED:
-        return ResultItem(result.work_id, FAILED, _ExceptionWithTraceback(result.value))
+        return ResultItem(
+            result.work_id, FAILED, _ExceptionWithTraceback(_round_trips(result.value))
+        )
     return result
+
+
+def _round_trips(exc: BaseException) -> BaseException:
+    """Return ``exc`` if it survives pickling, else a RemoteError that
+    describes it. Exceptions whose ``__init__`` takes other arguments than
+    their ``args`` pickle fine and fail to unpickle: better found here, where
+    the work is known, than in the parent."""
+    try:
+        pickle.loads(cloudpickle.dumps(exc, protocol=PROTOCOL))
+    except Exception:
+        return _remote_error(exc)
+    return exc
+
+
+def _remote_error(exc: BaseException) -> RemoteError:
+    return RemoteError(
+        f"{type(exc).__module__}.{type(exc).__qualname__}",
+        str(exc),
+        "".join(traceback.format_exception(exc)),
+    )
 
 
 def _sendable_result(result: Any) -> Any:
@@ -149,12 +171,7 @@ def _sendable_result(result: Any) -> Any:
         pickling_error = exc
     if type(result) is WorkerFailure or result.status == FAILED:
         wrapped = result.error if type(result) is WorkerFailure else result.value
-        original = wrapped.exc
-        remote = RemoteError(
-            f"{type(original).__module__}.{type(original).__qualname__}",
-            str(original),
-            "".join(traceback.format_exception(original)),
-        )
+        remote = _remote_error(wrapped.exc)
         if type(result) is WorkerFailure:
             return WorkerFailure(result.where, remote)
         return ResultItem(result.work_id, FAILED, remote)

@@ -33,6 +33,7 @@ import inspect
 import itertools
 import multiprocessing
 import os
+import sys
 import threading
 import time
 import warnings
@@ -62,8 +63,14 @@ _live_dispatchers: weakref.WeakSet[Dispatcher] = weakref.WeakSet()
 
 
 def _shutdown_at_exit() -> None:
+    # Exiting on Ctrl-C must not wait for the works still running (the user
+    # asked to stop): the pools are stopped at once. Otherwise the works
+    # already submitted end first, as with concurrent.futures.
+    interrupted = isinstance(getattr(sys, "last_value", None), KeyboardInterrupt)
     for dispatcher in list(_live_dispatchers):
-        dispatcher.shutdown(wait=True, cancel_futures=False)
+        if interrupted:
+            dispatcher.terminate()
+        dispatcher.shutdown(wait=True, cancel_futures=interrupted)
 
 
 # Runs before the interpreter joins non-daemon threads, as for
