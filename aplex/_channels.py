@@ -8,8 +8,8 @@ Process workers get their items through a pipe, pickled (see _pickling);
 their parent-side threads are described above ProcessWorkers.
 
 Thread workers share the parent's memory, so nothing is pickled: a channel
-is a list behind a lock, and a socket pair whose only job is to wake the
-worker's event loop when the list stops being empty (one byte per sleep, not
+is a list behind a lock, and the worker's loop is woken through its own
+thread-safe call only when the list stops being empty (once per sleep, not
 per work). Results are handed to the dispatcher on the worker's own thread.
 """
 
@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import select
 import signal
-import socket
 import threading
 from collections.abc import Callable
 from functools import partial
@@ -30,7 +29,7 @@ import cloudpickle
 from ._messages import ABORT, WorkerFailure
 from ._pickling import dumps_results, dumps_works, loads
 from ._worker import serve
-from .backends import Backend
+from .backends import Backend, current_backend
 
 OnResults = Callable[[int, list[Any]], None]
 OnExit = Callable[[int, BaseException | None], None]
@@ -42,11 +41,11 @@ class ThreadChannel:
     def __init__(self, deliver: Callable[[list[Any]], None]):
         self._lock = threading.Lock()
         self._items: list[Any] = []
-        self._asleep = False
         self._closed = False
-        self._wake_reader, self._wake_writer = socket.socketpair()
-        self._wake_reader.setblocking(False)
-        self._wake_writer.setblocking(False)
+        # Set while the worker waits for items: how to wake it from the
+        # parent's threads (its loop's own thread-safe call) and what to set.
+        self._wake: Callable[[], object] | None = None
+        self._call_soon: Callable[[Callable[[], object]], object] | None = None
         #: The endpoint's send(): hands results over on the worker's thread.
         self.send = deliver
 
@@ -56,12 +55,15 @@ class ThreadChannel:
             if self._closed:
                 return  # the worker has exited: the dispatcher learns it from on_exit
             self._items.extend(items)
-            if self._asleep:
-                self._asleep = False
-                self._wake_writer.send(b"\0")
+            wake, self._wake = self._wake, None
+            if wake is not None:
+                assert self._call_soon is not None
+                self._call_soon(wake)
 
     async def receive(self) -> list[Any]:
         """Wait for items (worker side)."""
+        if self._call_soon is None:
+            self._call_soon = current_backend().threadsafe_caller()
         while True:
             with self._lock:
                 if self._items:
@@ -69,18 +71,13 @@ class ThreadChannel:
                     return items
                 # Set under the lock that put() takes, so a put() after the
                 # check above is sure to see it and wake us.
-                self._asleep = True
-            await anyio.wait_readable(self._wake_reader)
-            try:
-                self._wake_reader.recv(64)
-            except BlockingIOError:
-                pass
+                ready = anyio.Event()
+                self._wake = ready.set
+            await ready.wait()
 
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            self._wake_reader.close()
-            self._wake_writer.close()
 
 
 class ThreadWorkers:
