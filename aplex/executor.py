@@ -50,11 +50,18 @@ import anyio.to_thread
 
 from ._channels import ProcessWorkers, ThreadWorkers
 from ._dispatch import AplexWorkerError, Dispatcher, PoolStatistics, WorkerPool, WorkerStatistics
+from ._pickling import RemoteError
 from .backends import get_backend
 from .futures import ConcurrentFuture, wait_future
 from .load_balancers import LoadBalancer, RoundRobin
 
-__all__ = ["AplexWorkerError", "AsyncPoolExecutor", "PoolStatistics", "WorkerStatistics"]
+__all__ = [
+    "AplexWorkerError",
+    "AsyncPoolExecutor",
+    "PoolStatistics",
+    "RemoteError",
+    "WorkerStatistics",
+]
 
 _pool_ids = itertools.count()
 # Dispatchers whose workers may still run; each is shut down at interpreter
