@@ -29,16 +29,20 @@ def main() -> None:
     with aplex.ProcessAsyncPoolExecutor(pool_size=2) as pool:
         started = time.perf_counter()
         primes = list(pool.map(count_primes, [150_000] * 4))
-        print(f"primes below 150,000, four times over two processes: {primes} "
-              f"in {time.perf_counter() - started:.2f} s")
+        print(
+            f"primes below 150,000, four times over two processes: {primes} "
+            f"in {time.perf_counter() - started:.2f} s"
+        )
 
     # 5,000 coroutines that each wait 0.2 s: about 0.2 s in all, not 1,000 s.
     with aplex.ThreadAsyncPoolExecutor(pool_size=2, max_works_per_worker=None) as pool:
         started = time.perf_counter()
         futures = [pool.submit(fetch, i) for i in range(5_000)]
         total = sum(future.result() for future in futures)
-        print(f"5,000 coroutine works of 0.2 s each: total {total} "
-              f"in {time.perf_counter() - started:.2f} s")
+        print(
+            f"5,000 coroutine works of 0.2 s each: total {total} "
+            f"in {time.perf_counter() - started:.2f} s"
+        )
 
     # asyncio: awaitable futures, and an async map.
     async def from_asyncio() -> None:

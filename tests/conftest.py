@@ -8,10 +8,30 @@ down itself.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import threading
 import time
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# "ci" keeps the state machines together around a minute on 2 cores; "long"
+# is for a deliberate hunt: APLEX_HYPOTHESIS_PROFILE=long python -m pytest
+settings.register_profile(
+    "ci",
+    max_examples=40,
+    stateful_step_count=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile(
+    "long",
+    max_examples=1000,
+    stateful_step_count=80,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile(os.environ.get("APLEX_HYPOTHESIS_PROFILE", "ci"))
 
 
 def _aplex_threads() -> list[threading.Thread]:
