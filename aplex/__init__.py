@@ -19,7 +19,7 @@ This package's own namespace is only re-exports. Where things live:
 
 from ._version import __version__
 from .backends.asyncio import ProcessAsyncPoolExecutor, ThreadAsyncPoolExecutor
-from .executor import AplexWorkerError
+from .executor import AplexWorkerError, RemoteError
 from .futures import AsyncioFuture, ConcurrentFuture
 from .load_balancers import LoadBalancer
 
@@ -29,6 +29,7 @@ __all__ = [
     "ConcurrentFuture",
     "LoadBalancer",
     "ProcessAsyncPoolExecutor",
+    "RemoteError",
     "ThreadAsyncPoolExecutor",
     "__version__",
 ]

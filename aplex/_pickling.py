@@ -1,7 +1,11 @@
 """How items cross a process boundary, and what happens when one cannot.
 
 Works go to workers with cloudpickle, so lambdas, closures and functions of
-``__main__`` or a notebook can be sent. Results come back with the standard
+``__main__`` or a notebook can be sent. The standard pickle is tried first,
+as it is several times faster: its result is kept unless it failed or names
+``__main__``, whose functions and classes the standard pickle sends by a
+reference that a worker may not resolve (a script run with ``-c``, a
+notebook), where cloudpickle sends them by value. Results come back with the standard
 pickle first (they are mostly data, and it is faster) and cloudpickle if
 that fails. A batch is pickled whole; only when that fails is each item
 tried alone, so that the one that cannot be sent fails alone, with an error
@@ -34,16 +38,23 @@ class RemoteError(Exception):
         type_name: The qualified name of the original exception's type.
         message: ``str()`` of the original exception.
         traceback_text: The worker's traceback, formatted.
+        reason: Why the original could not be pickled back.
     """
 
-    def __init__(self, type_name: str, message: str, traceback_text: str):
-        super().__init__(type_name, message, traceback_text)
+    def __init__(self, type_name: str, message: str, traceback_text: str, reason: str = ""):
+        super().__init__(type_name, message, traceback_text, reason)
         self.type_name = type_name
         self.message = message
         self.traceback_text = traceback_text
+        self.reason = reason
 
     def __str__(self) -> str:
-        return f"{self.type_name}: {self.message}\n\nWorker traceback:\n{self.traceback_text}"
+        why = f" ({self.reason})" if self.reason else ""
+        return (
+            f"{self.type_name}: {self.message}\n\n"
+            f"[this exception could not be pickled back from the worker{why}]\n\n"
+            f"Worker traceback:\n{self.traceback_text}"
+        )
 
 
 class RemoteTraceback(Exception):
@@ -80,10 +91,9 @@ def dumps_works(items: list[Any]) -> tuple[bytes, list[ResultItem]]:
         The pickled batch, and a failed result for each work that could not
         be pickled (left out of the batch).
     """
-    try:
-        return cloudpickle.dumps(items, protocol=PROTOCOL), []
-    except Exception:
-        pass
+    data = dumps_works_or_none(items)
+    if data is not None:
+        return data, []
     sendable, failed = [], []
     for item in items:
         try:
@@ -93,6 +103,20 @@ def dumps_works(items: list[Any]) -> tuple[bytes, list[ResultItem]]:
         else:
             sendable.append(item)
     return cloudpickle.dumps(sendable, protocol=PROTOCOL), failed
+
+
+def dumps_works_or_none(items: list[Any]) -> bytes | None:
+    """Pickle a batch for a worker; None if some item cannot be pickled."""
+    try:
+        data = pickle.dumps(items, protocol=PROTOCOL)
+        if b"__main__" not in data:
+            return data
+    except Exception:
+        pass  # a lambda, a closure...: cloudpickle's work
+    try:
+        return cloudpickle.dumps(items, protocol=PROTOCOL)
+    except Exception:
+        return None
 
 
 def _work_pickling_error(item: WorkItem, exc: Exception) -> pickle.PicklingError:
@@ -150,16 +174,17 @@ def _round_trips(exc: BaseException) -> BaseException:
     the work is known, than in the parent."""
     try:
         pickle.loads(cloudpickle.dumps(exc, protocol=PROTOCOL))
-    except Exception:
-        return _remote_error(exc)
+    except Exception as error:
+        return _remote_error(exc, error)
     return exc
 
 
-def _remote_error(exc: BaseException) -> RemoteError:
+def _remote_error(exc: BaseException, pickling_error: Exception) -> RemoteError:
     return RemoteError(
         f"{type(exc).__module__}.{type(exc).__qualname__}",
         str(exc),
         "".join(traceback.format_exception(exc)),
+        f"{type(pickling_error).__name__}: {pickling_error}",
     )
 
 
@@ -171,7 +196,7 @@ def _sendable_result(result: Any) -> Any:
         pickling_error = exc
     if type(result) is WorkerFailure or result.status == FAILED:
         wrapped = result.error if type(result) is WorkerFailure else result.value
-        remote = _remote_error(wrapped.exc)
+        remote = _remote_error(wrapped.exc, pickling_error)
         if type(result) is WorkerFailure:
             return WorkerFailure(result.where, remote)
         return ResultItem(result.work_id, FAILED, remote)
