@@ -102,7 +102,6 @@ class _Work:
         "future",
         "item",
         "meta",
-        "is_coroutine",
         "state",
         "worker",
         "cancelled",
@@ -114,16 +113,19 @@ class _Work:
         future: ConcurrentFuture[Any],
         item: WorkItem,
         meta: Any,
-        is_coroutine: bool,
     ):
         self.work_id = work_id
         self.future = future
         self.item = item
         self.meta = meta
-        self.is_coroutine = is_coroutine
         self.state = _WAITING
         self.worker: Worker | None = None
         self.cancelled = False
+
+    def is_coroutine(self) -> bool:
+        """Whether a running work can be cancelled: asked only on cancel,
+        since inspecting the function costs more than the rest of submit."""
+        return _is_coroutine_function(self.item.fn)
 
 
 class Dispatcher:
@@ -148,6 +150,7 @@ class Dispatcher:
         self._stop_sent = False
         self._broken: AplexWorkerError | None = None
         self._limit = max_works_per_worker
+        self._full_workers = 0  # how many are at the limit: kept, not counted per work
         self.workers = tuple(Worker(index, name) for index, name in enumerate(worker_names))
         self._workloads = dict.fromkeys(self.workers, 0)
         self._balancer = load_balancer(
@@ -179,7 +182,6 @@ class Dispatcher:
                 future,
                 WorkItem(work_id, fn, args, kwargs, chunk),
                 meta,
-                _is_coroutine_function(fn),
             )
             future._aplex_work = work  # type: ignore[attr-defined]
             if self._waiting or not self._place(work):
@@ -196,7 +198,7 @@ class Dispatcher:
             if work.state == _ENDED:
                 return future.cancelled()
             if work.state == _RUNNING:
-                if not work.is_coroutine:
+                if not work.is_coroutine():
                     return False
                 # The work's slot stays taken until its worker answers.
                 assert work.worker is not None
@@ -224,7 +226,7 @@ class Dispatcher:
                 self._waiting.clear()
                 self._waiting_cancelled = 0
                 for work in self._running.values():
-                    if work.is_coroutine and not work.cancelled:
+                    if not work.cancelled and work.is_coroutine():
                         assert work.worker is not None
                         self._pool.put(work.worker.index, [CancelItem(work.work_id)])
                         cancelled.append(work)
@@ -291,7 +293,10 @@ class Dispatcher:
                 if work is None:
                     continue  # ended already, with the pool that broke
                 assert work.worker is not None
-                self._workloads[work.worker] -= 1
+                load = self._workloads[work.worker]
+                if load == self._limit:
+                    self._full_workers -= 1
+                self._workloads[work.worker] = load - 1
                 work.state = _ENDED
                 if work.cancelled:
                     continue  # counted, and settled, when cancelled
@@ -331,23 +336,23 @@ class Dispatcher:
             raise RuntimeError("cannot take new works after shutdown")
 
     def _has_free_worker(self) -> bool:
-        limit = self._limit
-        return limit is None or any(load < limit for load in self._workloads.values())
+        return self._full_workers < len(self.workers)
 
     def _place(self, work: _Work) -> bool:
         """Send ``work`` to the worker the balancer picks; False if every
         worker is full. A balancer fault fails the work (and returns True)."""
         if not self._has_free_worker():
             return False
-        balancer = type(self._balancer).__name__
         try:
             worker = self._balancer.get_proper_worker(work.meta)
         except Exception as exc:
+            balancer = type(self._balancer).__name__
             error = RuntimeError(f"load balancer {balancer} raised {exc!r} while choosing a worker")
             error.__cause__ = exc
             return self._reject(work, error)
         load = self._workloads.get(worker) if isinstance(worker, Worker) else None
         if load is None:
+            balancer = type(self._balancer).__name__
             return self._reject(
                 work,
                 RuntimeError(
@@ -356,6 +361,7 @@ class Dispatcher:
                 ),
             )
         if self._limit is not None and load >= self._limit:
+            balancer = type(self._balancer).__name__
             return self._reject(
                 work,
                 RuntimeError(
@@ -364,6 +370,8 @@ class Dispatcher:
                 ),
             )
         self._workloads[worker] = load + 1
+        if load + 1 == self._limit:
+            self._full_workers += 1
         work.worker = worker
         work.state = _RUNNING
         self._running[work.work_id] = work
@@ -417,6 +425,7 @@ class Dispatcher:
         self._running.clear()
         for worker in self._workloads:
             self._workloads[worker] = 0
+        self._full_workers = 0
         self._stop_sent = True
         self._pool.abort()
 

@@ -44,6 +44,11 @@ class Worker:
     index: int
     name: str
 
+    def __hash__(self) -> int:
+        # The dispatcher looks workers up several times per work; the
+        # generated hash of (index, name) costs more than all the rest of it.
+        return self.index
+
 
 class LoadBalancer(abc.ABC):
     """The base class of all load balancers.
