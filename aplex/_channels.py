@@ -21,13 +21,13 @@ import signal
 import threading
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio
 import cloudpickle
 
-from ._messages import ABORT, WorkerFailure
-from ._pickling import dumps_results, dumps_works, loads
+from ._messages import ABORT, WorkerFailure, WorkItem
+from ._pickling import dumps_results, dumps_works, dumps_works_or_none, loads
 from ._worker import serve
 from .backends import Backend, current_backend
 
@@ -142,6 +142,11 @@ def _run_thread_worker(
 
 
 # -- process workers ---------------------------------------------------------
+
+# The largest batch put() writes from the caller's thread; well below a
+# pipe's buffer, so that the write cannot block even if the worker were
+# slow to read. Larger batches go through the feeder thread.
+_DIRECT_WRITE_MAX = 16 * 1024
 #
 # Each process worker has a duplex pipe and two parent threads: a feeder that
 # pickles and writes the batches put() leaves for it (so that a caller never
@@ -215,33 +220,78 @@ class _ProcessLink:
         self._ready = threading.Condition(threading.Lock())
         self._outbox: list[Any] = []
         self._closing = False
+        self._writing = False  # by put() or the feeder: one writer at a time
+        self._in_flight = 0  # works sent and not yet answered
         self._feeder = threading.Thread(target=self._feed, name=f"aplex-{name}-feeder")
         self._reader = threading.Thread(target=self._read, name=f"aplex-{name}-reader")
         self._feeder.start()
         self._reader.start()
 
     def put(self, items: list[Any]) -> None:
+        works = sum(type(item) is WorkItem for item in items)
         with self._ready:
             if self._closing:
                 return  # the worker has exited: the dispatcher learns it from on_exit
-            self._outbox.extend(items)
-            self._ready.notify()
+            self._in_flight += works
+            # An idle worker (everything sent to it answered) is waiting on
+            # its pipe: write to it at once rather than wake the feeder, which
+            # costs a thread switch on every round trip. A busy worker gets
+            # its works through the feeder, which batches them.
+            if self._writing or self._outbox or self._in_flight > works:
+                self._outbox.extend(items)
+                self._ready.notify()
+                return
+            self._writing = True
+        try:
+            data = dumps_works_or_none(items)
+            if data is not None and len(data) <= _DIRECT_WRITE_MAX:
+                self._connection.send_bytes(data)
+                items = []
+            elif data is not None:
+                items = [_Pickled(data)]
+        except OSError:
+            items = []  # the worker is gone: the reader reports it
+        with self._ready:
+            self._writing = False
+            # Works put while this one was written queued behind it.
+            self._outbox[:0] = items
+            if self._outbox:
+                self._ready.notify()
 
     def _feed(self) -> None:
         while True:
             with self._ready:
-                while not self._outbox and not self._closing:
+                while (self._writing or not self._outbox) and not self._closing:
                     self._ready.wait()
                 if self._closing:
                     return
                 items, self._outbox = self._outbox, []
-            data, failed = dumps_works(items)
-            if failed:
-                self._on_results(self.index, failed)
+                self._writing = True
             try:
-                self._connection.send_bytes(data)
+                self._send(items)
             except OSError:
                 return  # the worker is gone: the reader reports it
+            with self._ready:
+                self._writing = False
+                if self._outbox:
+                    self._ready.notify()
+
+    def _send(self, items: list[Any]) -> None:
+        batch: list[Any] = []
+        for item in [*items, None]:
+            if item is not None and type(item) is not _Pickled:
+                batch.append(item)
+                continue
+            if batch:
+                data, failed = dumps_works(batch)
+                if failed:
+                    with self._ready:
+                        self._in_flight -= len(failed)
+                    self._on_results(self.index, failed)
+                self._connection.send_bytes(data)
+                batch = []
+            if item is not None:
+                self._connection.send_bytes(item.data)
 
     def _read(self) -> None:
         connection = self._connection
@@ -257,6 +307,8 @@ class _ProcessLink:
                     error = exc
                     self.process.kill()
                     break
+                with self._ready:
+                    self._in_flight -= len(results)
                 self._on_results(self.index, results)
         except (EOFError, OSError):
             pass
@@ -275,6 +327,13 @@ class _ProcessLink:
     def join(self) -> None:
         if threading.current_thread() is not self._reader:
             self._reader.join()
+
+
+class _Pickled(NamedTuple):
+    """A batch put() pickled but left to the feeder: too big to write from
+    the caller's thread without risking to block it."""
+
+    data: bytes
 
 
 class _ProcessExit(Exception):
