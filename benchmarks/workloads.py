@@ -1,0 +1,397 @@
+"""The workloads, written once for each family of system (see systems.py).
+
+Every workload but start-up first warms its pool with one work, so that it
+measures the steady state; start-up measures exactly that first work.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from . import works
+from .systems import AsyncSystem, NotApplicable, SyncSystem
+
+MIB = 1 << 20
+#: How many callers await at once when an async system is fed many works: a
+#: deep enough pipeline for every system, without one task per work.
+CALLERS = 1000
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str
+    title: str
+    unit: str
+    higher_is_better: bool
+    digits: int = 0
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    metrics: tuple[Metric, ...]
+    #: The workload's size: full run, --quick run.
+    size: int
+    quick_size: int
+    run: Callable[[SyncSystem | AsyncSystem, int], dict[str, float]]
+
+
+# -- the workloads, sync family --------------------------------------------------
+
+
+def _sync_startup(system: SyncSystem, size: int) -> dict[str, float]:
+    start = time.perf_counter()
+    pool = system.make_pool()
+    system.submit(pool, works.identity, 1).result()
+    system.close(pool)
+    return {"startup_ms": (time.perf_counter() - start) * 1e3}
+
+
+def _sync_tiny(system: SyncSystem, size: int) -> float:
+    pool = system.make_pool()
+    try:
+        system.submit(pool, works.identity, 0).result()
+        start = time.perf_counter()
+        futures = [system.submit(pool, works.identity, i) for i in range(size)]
+        for future in futures:
+            future.result()
+        return size / (time.perf_counter() - start)
+    finally:
+        system.close(pool)
+
+
+def _sync_map(system: SyncSystem, size: int) -> dict[str, float]:
+    pool = system.make_pool()
+    try:
+        system.submit(pool, works.identity, 0).result()
+        start = time.perf_counter()
+        count = sum(1 for _ in system.map(pool, works.identity, range(size), 256))
+        assert count == size, count
+        return {"map_per_s": size / (time.perf_counter() - start)}
+    finally:
+        system.close(pool)
+
+
+def _sync_roundtrip(system: SyncSystem, size: int) -> dict[str, float]:
+    pool = system.make_pool()
+    try:
+        for i in range(10):
+            system.submit(pool, works.identity, i).result()
+        times = []
+        budget_end = time.perf_counter() + ROUNDTRIP_BUDGET_S
+        for i in range(size):
+            start = time.perf_counter()
+            system.submit(pool, works.identity, i).result()
+            times.append(time.perf_counter() - start)
+            if start > budget_end and len(times) >= 20:
+                break
+        return _percentiles(times)
+    finally:
+        system.close(pool)
+
+
+def _sync_payload(system: SyncSystem, size: int) -> dict[str, float]:
+    payload = os.urandom(MIB)
+    pool = system.make_pool()
+    try:
+        system.submit(pool, works.identity, 0).result()
+        start = time.perf_counter()
+        futures = [system.submit(pool, works.echo, payload) for _ in range(size)]
+        for future in futures:
+            assert len(future.result()) == MIB
+        return {"payload_mb_s": size * MIB / 1e6 / (time.perf_counter() - start)}
+    finally:
+        system.close(pool)
+
+
+def _sync_cpu(system: SyncSystem, size: int) -> dict[str, float]:
+    tasks = 8
+    start = time.perf_counter()
+    for _ in range(tasks):
+        works.cpu_burn(size)
+    serial = time.perf_counter() - start
+    pool = system.make_pool()
+    try:
+        system.submit(pool, works.identity, 0).result()
+        start = time.perf_counter()
+        futures = [system.submit(pool, works.cpu_burn, size) for _ in range(tasks)]
+        for future in futures:
+            future.result()
+        return {"cpu_speedup": serial / (time.perf_counter() - start)}
+    finally:
+        system.close(pool)
+
+
+def _sync_sleeps(system: SyncSystem, size: int) -> float:
+    if system.sleep_work is None:
+        raise NotApplicable("runs no coroutines")
+    pool = system.make_pool(concurrency=size)
+    try:
+        system.submit(pool, works.identity, 0).result()
+        start = time.perf_counter()
+        futures = [system.submit(pool, system.sleep_work, SLEEP_S) for _ in range(size)]
+        for future in futures:
+            future.result()
+        return time.perf_counter() - start
+    finally:
+        system.close(pool)
+
+
+def _sync_memory(system: SyncSystem, size: int) -> dict[str, float]:
+    pool = system.make_pool()
+    try:
+        pid = system.submit(pool, works.worker_pid).result()
+        return _rss_mib(pid)
+    finally:
+        system.close(pool)
+
+
+# -- the workloads, async family -------------------------------------------------
+
+
+def _run_async(system: AsyncSystem, main: Callable[[], Any]) -> Any:
+    import anyio
+
+    return anyio.run(main, backend=system.backend)
+
+
+async def _call_many(system: AsyncSystem, handle: Any, fn: Callable[..., Any], args: list) -> None:
+    """Await ``fn(arg)`` for every arg, CALLERS at a time."""
+    import anyio
+
+    async def caller(chunk: list) -> None:
+        for arg in chunk:
+            await system.call(handle, fn, arg)
+
+    callers = min(CALLERS, len(args))
+    async with anyio.create_task_group() as group:
+        for index in range(callers):
+            group.start_soon(caller, args[index::callers])
+
+
+def _async_startup(system: AsyncSystem, size: int) -> dict[str, float]:
+    async def main() -> None:
+        async with system.open() as handle:
+            await system.call(handle, works.identity, 1)
+
+    start = time.perf_counter()
+    _run_async(system, main)
+    return {"startup_ms": (time.perf_counter() - start) * 1e3}
+
+
+def _async_tiny(system: AsyncSystem, size: int) -> float:
+    async def main() -> float:
+        async with system.open() as handle:
+            await system.call(handle, works.identity, 0)
+            start = time.perf_counter()
+            await _call_many(system, handle, works.identity, list(range(size)))
+            return size / (time.perf_counter() - start)
+
+    return _run_async(system, main)
+
+
+def _async_map(system: AsyncSystem, size: int) -> dict[str, float]:
+    async def main() -> dict[str, float]:
+        async with system.open() as handle:
+            await system.call(handle, works.identity, 0)
+            start = time.perf_counter()
+            count = 0
+            async for _ in system.amap(handle, works.identity, list(range(size)), 256):
+                count += 1
+            assert count == size, count
+            return {"map_per_s": size / (time.perf_counter() - start)}
+
+    return _run_async(system, main)
+
+
+def _async_roundtrip(system: AsyncSystem, size: int) -> dict[str, float]:
+    async def main() -> dict[str, float]:
+        async with system.open() as handle:
+            for i in range(10):
+                await system.call(handle, works.identity, i)
+            times = []
+            budget_end = time.perf_counter() + ROUNDTRIP_BUDGET_S
+            for i in range(size):
+                start = time.perf_counter()
+                await system.call(handle, works.identity, i)
+                times.append(time.perf_counter() - start)
+                if start > budget_end and len(times) >= 20:
+                    break
+            return _percentiles(times)
+
+    return _run_async(system, main)
+
+
+def _async_payload(system: AsyncSystem, size: int) -> dict[str, float]:
+    payload = os.urandom(MIB)
+
+    async def main() -> dict[str, float]:
+        async with system.open() as handle:
+            await system.call(handle, works.identity, 0)
+            start = time.perf_counter()
+            await _call_many(system, handle, works.echo, [payload] * size)
+            return {"payload_mb_s": size * MIB / 1e6 / (time.perf_counter() - start)}
+
+    return _run_async(system, main)
+
+
+def _async_cpu(system: AsyncSystem, size: int) -> dict[str, float]:
+    tasks = 8
+    start = time.perf_counter()
+    for _ in range(tasks):
+        works.cpu_burn(size)
+    serial = time.perf_counter() - start
+
+    async def main() -> dict[str, float]:
+        async with system.open() as handle:
+            await system.call(handle, works.identity, 0)
+            start = time.perf_counter()
+            await _call_many(system, handle, works.cpu_burn, [size] * tasks)
+            return {"cpu_speedup": serial / (time.perf_counter() - start)}
+
+    return _run_async(system, main)
+
+
+def _async_sleeps(system: AsyncSystem, size: int) -> float:
+    if not system.runs_coroutines:
+        raise NotApplicable("runs no coroutines")
+
+    async def main() -> float:
+        async with system.open(concurrency=size) as handle:
+            await system.call(handle, works.identity, 0)
+            start = time.perf_counter()
+            await system.sleeps(handle, size, SLEEP_S)
+            return time.perf_counter() - start
+
+    return _run_async(system, main)
+
+
+def _async_memory(system: AsyncSystem, size: int) -> dict[str, float]:
+    async def main() -> dict[str, float]:
+        async with system.open() as handle:
+            return _rss_mib(await system.call(handle, works.worker_pid, None))
+
+    return _run_async(system, main)
+
+
+# -- helpers -----------------------------------------------------------------------
+
+#: A round-trip run stops after this long (some peers poll: ~10 ms a trip).
+ROUNDTRIP_BUDGET_S = 3.0
+#: What each coroutine of the sleep workloads sleeps: the ideal total time.
+SLEEP_S = 0.2
+
+
+def _percentiles(times: list[float]) -> dict[str, float]:
+    cuts = statistics.quantiles(times, n=100, method="inclusive")
+    return {"rt_p50_us": cuts[49] * 1e6, "rt_p99_us": cuts[98] * 1e6}
+
+
+def _rss_mib(pid: int) -> dict[str, float]:
+    if pid == os.getpid():
+        raise NotApplicable("thread workers share the caller's process")
+    import psutil
+
+    return {"worker_rss_mib": psutil.Process(pid).memory_info().rss / MIB}
+
+
+def _by_family(sync: Callable, asynchronous: Callable) -> Callable:
+    def run(system: SyncSystem | AsyncSystem, size: int) -> Any:
+        return (sync if system.family == "sync" else asynchronous)(system, size)
+
+    return run
+
+
+def _keyed(key: str, run: Callable[[Any, int], float]) -> Callable:
+    def keyed(system: Any, size: int) -> dict[str, float]:
+        return {key: run(system, size)}
+
+    return keyed
+
+
+_tiny = _by_family(_sync_tiny, _async_tiny)
+_sleeps = _by_family(_sync_sleeps, _async_sleeps)
+
+WORKLOADS: dict[str, Workload] = {
+    w.name: w
+    for w in [
+        Workload(
+            "startup",
+            (Metric("startup_ms", "start-up: pool, 1 work, shutdown", "ms", False, 0),),
+            1,
+            1,
+            _by_family(_sync_startup, _async_startup),
+        ),
+        Workload(
+            "tiny",
+            (Metric("tiny_per_s", "tiny works, {size:,} submits", "works/s", True),),
+            20_000,
+            2_000,
+            _keyed("tiny_per_s", _tiny),
+        ),
+        Workload(
+            "tiny-large",
+            (Metric("tiny_large_per_s", "tiny works, {size:,} submits", "works/s", True),),
+            200_000,
+            20_000,
+            _keyed("tiny_large_per_s", _tiny),
+        ),
+        Workload(
+            "map",
+            (Metric("map_per_s", "map of {size:,}, chunksize 256", "items/s", True),),
+            100_000,
+            10_000,
+            _by_family(_sync_map, _async_map),
+        ),
+        Workload(
+            "roundtrip",
+            (
+                Metric("rt_p50_us", "round trip p50 (one work at a time)", "µs", False),
+                Metric("rt_p99_us", "round trip p99", "µs", False),
+            ),
+            2_000,
+            300,
+            _by_family(_sync_roundtrip, _async_roundtrip),
+        ),
+        Workload(
+            "payload",
+            (Metric("payload_mb_s", "1 MiB payload echoed ×{size}", "MB/s", True),),
+            64,
+            16,
+            _by_family(_sync_payload, _async_payload),
+        ),
+        Workload(
+            "cpu",
+            (Metric("cpu_speedup", "CPU-bound, 8 works: speed-up over serial", "×", True, 2),),
+            2_000_000,
+            500_000,
+            _by_family(_sync_cpu, _async_cpu),
+        ),
+        Workload(
+            "sleeps",
+            (Metric("sleeps_s", "{size:,} coroutines × 0.2 s sleep", "s", False, 2),),
+            20_000,
+            2_000,
+            _keyed("sleeps_s", _sleeps),
+        ),
+        Workload(
+            "sleeps-large",
+            (Metric("sleeps_large_s", "{size:,} coroutines × 0.2 s sleep", "s", False, 2),),
+            100_000,
+            10_000,
+            _keyed("sleeps_large_s", _sleeps),
+        ),
+        Workload(
+            "memory",
+            (Metric("worker_rss_mib", "resident size of one worker", "MiB", False, 1),),
+            1,
+            1,
+            _by_family(_sync_memory, _async_memory),
+        ),
+    ]
+}
