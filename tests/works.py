@@ -88,3 +88,107 @@ async def async_wait_then_mark(started, cleaned_up, timeout=30):
     finally:
         cleaned_up.set()
     return "not cancelled"
+
+
+# -- backends (tests/test_backend_matrix.py, test_trio_front_end.py,
+#    test_backends_registry.py)
+#
+# These run on thread and process workers alike, so they signal the test
+# through files (a process shares no memory with it).
+
+
+class WorkError(Exception):
+    """An exception with several args, to check that they come back intact."""
+
+
+def raise_work_error(*args):
+    raise WorkError(*args)
+
+
+async def async_raise_work_error(*args):
+    await anyio.lowlevel.checkpoint()
+    raise WorkError(*args)
+
+
+async def async_where():
+    """Where the work runs: the worker's event-loop library, process id and
+    thread name."""
+    import sniffio
+
+    return sniffio.current_async_library(), os.getpid(), threading.current_thread().name
+
+
+async def trio_native_sleep(seconds):
+    """A trio-native work: runs only on trio workers. Returns how long
+    trio's own clock says it slept."""
+    import trio
+
+    start = trio.current_time()
+    await trio.sleep(seconds)
+    return trio.current_time() - start
+
+
+# A stat or a tiny write of a local file, from a work's loop: too quick to be
+# worth a thread hop, which would also start threads inside the worker.
+def _file_exists(path):
+    return os.path.exists(path)
+
+
+def _write_file(path, text=""):
+    with open(path, "w") as file:
+        file.write(text)
+
+
+async def async_until_file(path, value=None, timeout=30):
+    """Return ``value`` once ``path`` exists, checking without blocking the loop."""
+    with anyio.fail_after(timeout):
+        while not _file_exists(path):
+            await anyio.sleep(0.005)
+    return value
+
+
+async def async_record_cancellation(started_path, cleanup_path, timeout=30):
+    """Write ``started_path``, then wait to be cancelled. The work's own
+    cleanup writes the name of the exception that ended it to
+    ``cleanup_path``, which the test reads."""
+    _write_file(started_path)
+    ended_by = "nothing"
+    try:
+        await anyio.sleep(timeout)
+    except BaseException as exc:
+        ended_by = type(exc).__name__
+        raise
+    finally:
+        _write_file(cleanup_path, ended_by)
+    return "not cancelled"
+
+
+async def async_shielded_until_file(started_path, release_path, value, timeout=30):
+    """Write ``started_path`` and, shielded from cancellation, return
+    ``value`` once ``release_path`` exists: its result reaches the parent
+    after any cancel request."""
+    with anyio.CancelScope(shield=True):
+        _write_file(started_path)
+        return await async_until_file(release_path, value, timeout)
+
+
+async def asyncio_native_sleep(seconds):
+    """An asyncio-native work: runs only on asyncio workers."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    await asyncio.sleep(seconds)
+    return loop.time() - start
+
+
+def plain_until_file(started_path, release_path, value=None, timeout=30):
+    """A plain work: write ``started_path``, block the worker's loop thread
+    until ``release_path`` exists, return ``value``."""
+    _write_file(started_path)
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(release_path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the test never created {release_path}")
+        time.sleep(0.005)
+    return value
