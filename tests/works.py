@@ -90,6 +90,130 @@ async def async_wait_then_mark(started, cleaned_up, timeout=30):
     return "not cancelled"
 
 
+# -- process workers (tests/test_process_executor.py, test_process_failures.py)
+#
+# Process workers share no memory with the test, so these works talk to it
+# through files: the test waits for a file a work writes, or writes one that
+# a work waits for.
+
+_initialized = None
+
+
+def initialize(value):
+    """An initializer: records ``value`` for :func:`initialized_value`."""
+    global _initialized
+    _initialized = ("plain", value)
+
+
+async def async_initialize(value):
+    """A coroutine initializer, awaited on the worker's loop."""
+    global _initialized
+    await anyio.lowlevel.checkpoint()
+    _initialized = ("coroutine", value)
+
+
+def initialized_value():
+    return _initialized
+
+
+def parent_pid():
+    return os.getppid()
+
+
+async def running_loop_module():
+    """The module of the worker's running asyncio loop's class."""
+    import asyncio
+
+    return type(asyncio.get_running_loop()).__module__
+
+
+def _wait_for_file_sync(path, timeout):
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the test never created {path}")
+        time.sleep(0.005)
+
+
+async def _wait_for_file(path, timeout):
+    with anyio.fail_after(timeout):
+        while not os.path.exists(path):  # noqa: ASYNC240 (a local stat: instant)
+            await anyio.sleep(0.005)
+
+
+async def async_wait_for_file(path, value=None, timeout=30):
+    """A coroutine work that returns ``value`` once ``path`` exists."""
+    await _wait_for_file(path, timeout)
+    return value
+
+
+def _touch(path, text=""):
+    with open(path, "w") as file:
+        file.write(text)
+
+
+async def async_mark_files_until_cancelled(started_path, cleaned_path, timeout=30):
+    """Write ``started_path``, wait to be cancelled, and write
+    ``cleaned_path`` in ``finally`` (the cleanup the test observes)."""
+    _touch(started_path)
+    try:
+        await anyio.sleep(timeout)
+    finally:
+        _touch(cleaned_path, "cleaned up")
+    return "not cancelled"
+
+
+def _die(how):
+    if how == "os_exit":
+        os._exit(3)
+    if how == "system_exit":
+        raise SystemExit(3)
+    if how == "keyboard_interrupt":
+        raise KeyboardInterrupt
+    raise AssertionError(f"unknown way to die: {how}")
+
+
+def die_when_file_exists(path, how, timeout=30):
+    """A plain work that breaks its worker (``how``) once ``path`` exists."""
+    _wait_for_file_sync(path, timeout)
+    _die(how)
+
+
+async def async_die_when_file_exists(path, how, timeout=30):
+    """A coroutine work that breaks its worker (``how``) once ``path`` exists."""
+    await _wait_for_file(path, timeout)
+    _die(how)
+
+
+def make_lock():
+    """A result that cannot be pickled."""
+    return threading.Lock()
+
+
+class LockHoldingError(Exception):
+    """An exception that cannot be pickled: it holds a lock."""
+
+    def __init__(self, message):
+        super().__init__(message)
+        self.lock = threading.Lock()
+
+
+class MismatchedInitError(Exception):
+    """Pickles, but cannot be unpickled: ``__init__`` takes other arguments
+    than the ``args`` it stores."""
+
+    def __init__(self, code, reason):
+        super().__init__(f"{code}: {reason}")
+
+
+def raise_lock_holding_error(message="holds a lock"):
+    raise LockHoldingError(message)
+
+
+def raise_mismatched_init_error():
+    raise MismatchedInitError(7, "mismatched")
+
+
 # -- backends (tests/test_backend_matrix.py, test_trio_front_end.py,
 #    test_backends_registry.py)
 #

@@ -1,0 +1,211 @@
+"""The executor's behaviours, on real worker processes.
+
+One small executor per test (pool_size 1-2, the default ``mp_context``
+unless the start method is the point): starting a pool is cheap, but the
+whole suite shares 2 cores. Works talk to the test through files in
+``tmp_path``, since a process shares no memory with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import multiprocessing
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import uvloop
+
+import aplex
+from tests import works
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMEOUT = 30  # seconds for any one result: generous, the machine is shared
+
+
+def wait_for_path(path: Path, timeout: float = TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path.name} never appeared"
+        time.sleep(0.005)
+
+
+def test_submit_plain_and_coroutine_in_another_process():
+    with aplex.ProcessAsyncPoolExecutor(pool_size=1) as executor:
+        assert executor.submit(works.add, 1, y=2).result(TIMEOUT) == 3
+        assert executor.submit(works.async_add, 1, y=2).result(TIMEOUT) == 3
+        worker_pid = executor.submit(works.pid).result(TIMEOUT)
+    assert worker_pid != os.getpid()
+
+
+def test_lambdas_and_closures_travel_by_cloudpickle():
+    offset = 10
+
+    def add_offset(x):  # a closure: the standard pickle refuses it
+        return x + offset
+
+    async def async_add_offset(x):
+        return x + offset
+
+    with aplex.ProcessAsyncPoolExecutor(pool_size=1) as executor:
+        assert executor.submit(lambda x: x * 2, 21).result(TIMEOUT) == 42
+        assert executor.submit(add_offset, 1).result(TIMEOUT) == 11
+        assert executor.submit(async_add_offset, 2).result(TIMEOUT) == 12
+        assert list(executor.map(lambda x: -x, range(3))) == [0, -1, -2]
+
+
+MAIN_SCRIPT = """
+import dataclasses
+
+import aplex
+
+@dataclasses.dataclass
+class Point:
+    x: int
+    y: int
+
+def square(x):
+    return x * x
+
+async def async_square(x):
+    return x * x
+
+def mirror(point):
+    return Point(point.y, point.x)
+
+if __name__ == "__main__":
+    with aplex.ProcessAsyncPoolExecutor(pool_size=1) as executor:
+        print(executor.submit(square, 7).result(30))
+        print(executor.submit(async_square, 8).result(30))
+        print(list(executor.map(square, range(4), chunksize=2)))
+        print(executor.submit(mirror, Point(1, 2)).result(30))
+"""
+
+
+@pytest.mark.parametrize("run_as", ["file", "-c"])
+def test_functions_and_classes_defined_in_main(run_as, tmp_path):
+    """A script's own functions and classes live in ``__main__``, which a
+    worker cannot import by name (not at all for ``python -c``); cloudpickle
+    sends them by value."""
+    script = tmp_path / "script.py"
+    script.write_text(MAIN_SCRIPT)
+    command = [str(script)] if run_as == "file" else ["-c", MAIN_SCRIPT]
+    done = subprocess.run(
+        [sys.executable, *command],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:4] == ["49", "64", "[0, 1, 4, 9]", "Point(x=2, y=1)"]
+
+
+def test_map_with_chunksize_and_buffersize():
+    consumed = 0
+
+    def endless():
+        nonlocal consumed
+        for value in itertools.count():
+            consumed += 1
+            yield value
+
+    with aplex.ProcessAsyncPoolExecutor(pool_size=2) as executor:
+        # Plain and coroutine works, chunked, in input order.
+        assert list(executor.map(works.add, range(10), range(10), chunksize=3)) == list(
+            range(0, 20, 2)
+        )
+        assert list(executor.map(works.async_add, range(7), chunksize=4)) == list(range(7))
+        # An endless iterable, read lazily: 5 results are 2 chunks read, and
+        # at most buffersize=2 more chunks are in flight behind them.
+        results = executor.map(works.identity, endless(), chunksize=3, buffersize=2)
+        assert [next(results) for _ in range(5)] == [0, 1, 2, 3, 4]
+        assert consumed <= 3 * (2 + 2)
+        results.close()
+
+
+def test_cancel_running_coroutine_work_in_another_process(tmp_path):
+    """cancel() on a coroutine work running in a worker process cancels it
+    there (its own ``finally`` runs) while another work on the same worker
+    goes on running."""
+    started, cleaned = tmp_path / "started", tmp_path / "cleaned"
+    release = tmp_path / "release"
+    with aplex.ProcessAsyncPoolExecutor(pool_size=1) as executor:
+        other = executor.submit(works.async_wait_for_file, str(release), "other ran on")
+        victim = executor.submit(works.async_mark_files_until_cancelled, str(started), str(cleaned))
+        wait_for_path(started)
+        assert victim.running()
+
+        assert victim.cancel() is True
+        wait_for_path(cleaned)
+        assert cleaned.read_text() == "cleaned up"
+        assert victim.cancelled()
+
+        assert not other.done()
+        release.touch()
+        assert other.result(TIMEOUT) == "other ran on"
+        assert executor.statistics().cancelled == 1
+
+
+def test_awaitable_futures_under_asyncio():
+    async def main():
+        with aplex.ProcessAsyncPoolExecutor(pool_size=1, awaitable=True) as executor:
+            future = executor.submit(works.async_add, 2, y=3)
+            assert isinstance(future, aplex.AsyncioFuture)
+            assert await future == 5
+            assert await executor.submit(works.add, 4, 4) == 8
+            return [value async for value in executor.map(works.add, range(4), chunksize=3)]
+
+    assert asyncio.run(main()) == [0, 1, 2, 3]
+
+
+def test_worker_loop_factory_uvloop():
+    with aplex.ProcessAsyncPoolExecutor(
+        pool_size=1, worker_loop_factory=uvloop.new_event_loop
+    ) as executor:
+        assert executor.submit(works.running_loop_module).result(TIMEOUT).startswith("uvloop")
+
+
+@pytest.mark.parametrize(
+    ("initializer", "kind"),
+    [(works.initialize, "plain"), (works.async_initialize, "coroutine")],
+)
+def test_initializer_with_initargs(initializer, kind):
+    with aplex.ProcessAsyncPoolExecutor(
+        pool_size=2, initializer=initializer, initargs=("ready",)
+    ) as executor:
+        # Round robin: one work per worker; each ran the initializer in its
+        # own process before its first work.
+        values = [executor.submit(works.initialized_value).result(TIMEOUT) for _ in range(2)]
+    assert values == [(kind, "ready")] * 2
+
+
+@pytest.mark.parametrize(
+    ("mp_context", "spawned_by_us"),
+    [
+        ("spawn", True),
+        ("forkserver", False),
+        (multiprocessing.get_context("spawn"), True),
+        (multiprocessing.get_context("forkserver"), False),
+    ],
+    ids=["spawn-name", "forkserver-name", "spawn-context", "forkserver-context"],
+)
+def test_mp_context_name_or_context(mp_context, spawned_by_us):
+    # The start method shows in who the worker's parent is: with spawn it is
+    # this process, with forkserver it is the fork server.
+    with aplex.ProcessAsyncPoolExecutor(pool_size=1, mp_context=mp_context) as executor:
+        worker_parent = executor.submit(works.parent_pid).result(TIMEOUT)
+        assert executor.submit(works.async_add, 1, 1).result(TIMEOUT) == 2
+    assert (worker_parent == os.getpid()) is spawned_by_us
+
+
+def test_invalid_mp_context_fails_at_construction():
+    with pytest.raises(ValueError, match="no-such-method"):
+        aplex.ProcessAsyncPoolExecutor(pool_size=1, mp_context="no-such-method")
+    with pytest.raises(TypeError, match="mp_context"):
+        aplex.ProcessAsyncPoolExecutor(pool_size=1, mp_context=42)
+    # No worker was started: the autouse leak check would see it.
