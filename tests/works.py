@@ -316,3 +316,175 @@ def plain_until_file(started_path, release_path, value=None, timeout=30):
             raise TimeoutError(f"the test never created {release_path}")
         time.sleep(0.005)
     return value
+
+
+# -- thread workers (tests/test_thread_executor.py, test_load_balancers.py)
+#
+# Thread workers share the test's memory, so these works report through the
+# objects the test passes them: events, lists, a Gauge.
+
+_thread_state = threading.local()
+
+
+class Gauge:
+    """Counts, per worker thread, the works running at once, and the order
+    in which works started."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.running = {}  # thread name -> works running on it now
+        self.peak = {}  # thread name -> most works seen running on it at once
+        self.started = []  # tags, in the order the works started
+
+    def enter(self, tag):
+        name = threading.current_thread().name
+        with self._lock:
+            self.running[name] = self.running.get(name, 0) + 1
+            self.peak[name] = max(self.peak.get(name, 0), self.running[name])
+            self.started.append(tag)
+
+    def leave(self):
+        name = threading.current_thread().name
+        with self._lock:
+            self.running[name] -= 1
+
+    def total_running(self):
+        with self._lock:
+            return sum(self.running.values())
+
+
+async def async_gauged(gauge, tag, release, timeout=30):
+    """A coroutine work counted by ``gauge`` while it waits for ``release``
+    (a threading.Event); returns ``tag``."""
+    gauge.enter(tag)
+    try:
+        with anyio.fail_after(timeout):
+            while not release.is_set():
+                await anyio.sleep(0.01)
+    finally:
+        gauge.leave()
+    return tag
+
+
+def append_to(log, value):
+    """A plain work with a visible effect: appends ``value`` to ``log``."""
+    log.append(value)
+    return value
+
+
+def thread_name_of(value):
+    """The worker thread a ``map`` item ran on."""
+    return threading.current_thread().name
+
+
+def mark_then_wait(started, release, timeout=30):
+    """A plain work that sets ``started``, then blocks until ``release``."""
+    started.set()
+    if not release.wait(timeout):
+        raise TimeoutError("the test never set the event")
+    return "released"
+
+
+class DetailedError(Exception):
+    """An exception with several args, to see them come back intact."""
+
+
+def raise_detailed(code, detail):
+    raise DetailedError(code, detail)
+
+
+async def async_raise_detailed(code, detail):
+    await anyio.lowlevel.checkpoint()
+    raise DetailedError(code, detail)
+
+
+class Crash(BaseException):
+    """A BaseException of the user's own, neither Exception nor exit."""
+
+
+def raise_when_set(gate, exception, timeout=30):
+    """A plain work that raises ``exception`` once ``gate`` is set."""
+    if not gate.wait(timeout):
+        raise TimeoutError("the test never set the gate")
+    raise exception
+
+
+async def async_raise_when_set(gate, exception, timeout=30):
+    """A coroutine work that raises ``exception`` once ``gate`` is set."""
+    with anyio.fail_after(timeout):
+        while not gate.is_set():
+            await anyio.sleep(0.005)
+    raise exception
+
+
+async def async_fail_first(index, release, timeout=30):
+    """A map work: item 0 raises at once; the others wait for ``release``."""
+    if index == 0:
+        raise ValueError("first item failed")
+    with anyio.fail_after(timeout):
+        while not release.is_set():
+            await anyio.sleep(0.01)
+    return index
+
+
+async def async_first_or_wait(value, started, cleaned_up, timeout=30):
+    """A map work: returns ``value`` at once when ``started`` is None, else
+    behaves as :func:`async_wait_then_mark`."""
+    if started is None:
+        return value
+    return await async_wait_then_mark(started, cleaned_up, timeout)
+
+
+def record_initializer(log, tag):
+    """A plain initializer: logs (thread name, tag) and marks its thread."""
+    log.append((threading.current_thread().name, tag))
+    _thread_state.tag = tag
+
+
+async def async_record_initializer(log, tag):
+    """A coroutine initializer: logs (thread name, event loop library, tag)
+    once it has awaited on the worker's loop, and marks its thread."""
+    import sniffio
+
+    await anyio.lowlevel.checkpoint()
+    log.append((threading.current_thread().name, sniffio.current_async_library(), tag))
+    _thread_state.tag = tag
+
+
+def initialized_tag():
+    """What the initializer left on this worker thread, if it ran."""
+    return getattr(_thread_state, "tag", None)
+
+
+def failing_initializer(gate, message, timeout=30):
+    """An initializer that raises ValueError(message) once ``gate`` is set."""
+    if not gate.wait(timeout):
+        raise TimeoutError("the test never set the gate")
+    raise ValueError(message)
+
+
+async def async_loop_class():
+    """The class of the worker's running asyncio loop."""
+    import asyncio
+
+    return type(asyncio.get_running_loop())
+
+
+async def async_library():
+    """The event-loop library the work runs on."""
+    import sniffio
+
+    await anyio.lowlevel.checkpoint()
+    return sniffio.current_async_library()
+
+
+async def async_shielded_until_set(started, release, value, timeout=30):
+    """Set ``started``, then, shielded from cancellation, return ``value``
+    once ``release`` is set: the result reaches the parent after a cancel
+    request."""
+    with anyio.CancelScope(shield=True):
+        started.set()
+        with anyio.fail_after(timeout):
+            while not release.is_set():
+                await anyio.sleep(0.005)
+    return value
