@@ -85,6 +85,47 @@ def _shutdown_at_exit() -> None:
 threading._register_atexit(_shutdown_at_exit)  # type: ignore[attr-defined]
 
 
+# The seed reference's order, then the arguments aplex added.
+_ARGUMENT_ORDER = (
+    "pool_size",
+    "max_works_per_worker",
+    "load_balancer",
+    "awaitable",
+    "future_loop",
+    "worker_loop_factory",
+    "worker_backend",
+    "initializer",
+    "initargs",
+    "mp_context",
+)
+
+
+def _constructor_signature(cls: type[Any]) -> inspect.Signature:
+    """The whole constructor signature of ``cls``, gathered along its MRO.
+
+    Each front end and worker kind takes its own arguments and passes the
+    rest on as ``**kwargs``, which would hide them from help(), IDEs and the
+    docs; this shows them all, with the class's own worker backend default.
+    """
+    parameters: dict[str, inspect.Parameter] = {}
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        for parameter in inspect.signature(init).parameters.values():
+            if parameter.kind is parameter.KEYWORD_ONLY:
+                parameters.setdefault(parameter.name, parameter)
+    for name in cls._rejected_arguments:
+        del parameters[name]
+    if "worker_backend" in parameters:
+        parameters["worker_backend"] = parameters["worker_backend"].replace(
+            default=cls._default_worker_backend
+        )
+    order = {name: place for place, name in enumerate(_ARGUMENT_ORDER)}
+    ordered = sorted(parameters.values(), key=lambda p: order.get(p.name, len(order)))
+    return inspect.Signature(ordered)
+
+
 class AsyncPoolExecutor:
     """The base of every aplex executor.
 
@@ -115,6 +156,12 @@ class AsyncPoolExecutor:
     #: What the worker handles are called: "ThreadWorker-0", ...
     _worker_kind: ClassVar[str]
     _default_worker_backend: ClassVar[str] = "asyncio"
+    #: Arguments a front end takes only to reject them with a clear error.
+    _rejected_arguments: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.__signature__ = _constructor_signature(cls)  # type: ignore[attr-defined]
 
     def __init__(
         self,
@@ -512,7 +559,14 @@ def _iterate(feed: _MapFeed, end_time: float | None) -> Iterator[Any]:
     try:
         while (future := feed.next_future()) is not None:
             timeout = None if end_time is None else end_time - time.monotonic()
-            yield from future.result(timeout)
+            try:
+                values = future.result(timeout)
+            except BaseException:
+                # Out of the feed already, yet one of the remaining works:
+                # a timeout or an interrupt must cancel it too.
+                future.cancel()
+                raise
+            yield from values
     finally:
         feed.cancel()
 

@@ -78,7 +78,10 @@ def get_backend(name: str) -> Backend:
     module = _builtin.get(name)
     if module is None:
         known = ", ".join(sorted({*_registry, *_builtin}))
-        raise ValueError(f"unknown backend {name!r}; known backends: {known}")
+        raise ValueError(
+            f"unknown backend {name!r}; known backends: {known}. For another event loop, "
+            "install its library and add a backend with aplex.backends.register_backend()"
+        )
     try:
         importlib.import_module(module)
     except ImportError as exc:
