@@ -9,8 +9,9 @@ Data flow, parent to worker and back::
                                  (FIFO of waiting works, workloads)
                                      │ WorkItem / CancelItem / StopItem, in batches
                                      v
-                                 channel (thread: list + wake-up socket;
-                                          process: pipe, cloudpickle)
+                                 channel (thread: list + the loop's
+                                          thread-safe call;
+                                          process: pipe, pickle or cloudpickle)
                                      │
                                      v
     worker thread or process:    backend.run(serve): one event loop,
@@ -128,6 +129,12 @@ def _constructor_signature(cls: type[Any]) -> inspect.Signature:
 
 class AsyncPoolExecutor:
     """The base of every aplex executor.
+
+    **Shutdown.** Use ``with``, ``async with`` or :meth:`shutdown`. An
+    executor garbage-collected while running is shut down without waiting,
+    with a ResourceWarning; executors alive at interpreter exit are shut down
+    after their submitted works end, or at once (works cancelled, worker
+    processes killed) when the program exits on KeyboardInterrupt.
 
     Args:
         pool_size: How many workers (threads or processes); None means
@@ -249,6 +256,13 @@ class AsyncPoolExecutor:
         The load balancer picks its worker; if every worker is full, the
         work waits in the executor.
 
+        **Cancellation.** ``future.cancel()`` cancels a waiting work at once
+        and returns True. A running coroutine work is cancelled in its worker
+        and True is returned: the future ends cancelled at once, even if the
+        work finished before the request reached the worker. A plain
+        function already sent to a worker (running, or queued on its loop
+        behind another) cannot be cancelled: ``cancel()`` returns False.
+
         Args:
             work: A callable: a coroutine function runs as a task on the
                 worker's loop, a plain function is called on the loop thread.
@@ -336,7 +350,8 @@ class AsyncPoolExecutor:
         caller's event loop.
 
         **Cancellation.** Cancelling the awaiting task cancels the work as
-        ``future.cancel()`` does, and unwinds at once.
+        ``future.cancel()`` does, and unwinds at once, even when the work is
+        a running plain function (which then runs to its end in its worker).
 
         Raises:
             Whatever the work raised; and as for :meth:`submit`.
@@ -347,8 +362,14 @@ class AsyncPoolExecutor:
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop taking works and free the workers.
 
-        **Shutdown.** Works already submitted run to their end, and then the
-        workers exit. Calling it again is harmless.
+        **Shutdown.** No new works are taken: ``submit`` and ``map`` raise
+        RuntimeError from now on. Works already submitted run to their end
+        (unless ``cancel_futures``; running plain functions always do), and
+        then the workers exit. On a broken executor it returns promptly
+        (for thread workers, once the plain functions still running there
+        have returned). Calling it again is harmless. ``with`` calls
+        ``shutdown()`` on exit; ``async with`` calls it in a worker thread,
+        so that the event loop keeps running.
 
         Args:
             wait: Return only when every worker has stopped and every future
@@ -408,7 +429,7 @@ class _ThreadKind(AsyncPoolExecutor):
 
 
 class _ProcessKind(AsyncPoolExecutor):
-    """Process workers. Works, arguments and results are pickled with cloudpickle.
+    """Process workers. Works, arguments and results are pickled (pickle, else cloudpickle).
 
     Args:
         mp_context: A :mod:`multiprocessing` start method name or context.

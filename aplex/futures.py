@@ -76,8 +76,11 @@ class AsyncioFuture(asyncio.Future[T]):
 
     **Cancellation.** :meth:`cancel`, or cancelling the task awaiting it,
     cancels the work as :meth:`ConcurrentFuture.cancel` does. When the work is
-    a running plain function, cancel() returns False and a task awaiting it
-    receives its cancellation once the function has returned.
+    a running plain function, cancel() returns False and asyncio waits for
+    the function to return: a task cancelled meanwhile is cancelled only
+    then, and ``asyncio.wait_for`` (Python 3.11) returns the function's
+    result instead of timing out. To give up at once, await
+    ``executor.run(...)`` instead.
 
     Args:
         concurrent_future: The future it follows.

@@ -45,12 +45,36 @@ register_backend(AsyncioBackend())
 class ThreadAsyncPoolExecutor(_ThreadKind, _AsyncioFrontEnd):
     """A pool of worker threads, each running an event loop with many works at once.
 
-    See :class:`aplex.executor.AsyncPoolExecutor` for the arguments and methods.
+    Args:
+        awaitable: Futures are :class:`~aplex.futures.AsyncioFuture` and
+            ``map`` returns an async generator.
+        future_loop: The loop awaitable futures belong to; needs
+            ``awaitable=True``. By default, the loop running when ``submit``
+            is called (``submit`` raises RuntimeError outside a running loop).
+
+    See :class:`aplex.executor.AsyncPoolExecutor` for the other arguments and
+    the methods.
     """
 
 
 class ProcessAsyncPoolExecutor(_ProcessKind, _AsyncioFrontEnd):
     """A pool of worker processes, each running an event loop with many works at once.
 
-    See :class:`aplex.executor.AsyncPoolExecutor` for the arguments and methods.
+    Works, arguments and results are pickled: with the standard pickle when it
+    can, with cloudpickle otherwise (lambdas, closures, functions of
+    ``__main__``). A program that makes one must guard its entry point with
+    ``if __name__ == "__main__":``, as worker processes import the main module.
+
+    Args:
+        awaitable: Futures are :class:`~aplex.futures.AsyncioFuture` and
+            ``map`` returns an async generator.
+        future_loop: The loop awaitable futures belong to; needs
+            ``awaitable=True``. By default, the loop running when ``submit``
+            is called (``submit`` raises RuntimeError outside a running loop).
+        mp_context: A :mod:`multiprocessing` start method name or context.
+            The default is ``"forkserver"`` where there is one, else
+            ``"spawn"``: neither forks a parent that runs threads.
+
+    See :class:`aplex.executor.AsyncPoolExecutor` for the other arguments and
+    the methods.
     """

@@ -83,5 +83,16 @@ class ThreadAsyncPoolExecutor(_ThreadKind, _TrioFrontEnd):
 class ProcessAsyncPoolExecutor(_ProcessKind, _TrioFrontEnd):
     """A pool of worker processes for trio programs; workers run trio by default.
 
-    See :class:`aplex.executor.AsyncPoolExecutor` for the arguments and methods.
+    Works, arguments and results are pickled: with the standard pickle when it
+    can, with cloudpickle otherwise (lambdas, closures, functions of
+    ``__main__``). A program that makes one must guard its entry point with
+    ``if __name__ == "__main__":``, as worker processes import the main module.
+
+    Args:
+        mp_context: A :mod:`multiprocessing` start method name or context.
+            The default is ``"forkserver"`` where there is one, else
+            ``"spawn"``: neither forks a parent that runs threads.
+
+    See :class:`aplex.executor.AsyncPoolExecutor` for the other arguments and
+    the methods.
     """
