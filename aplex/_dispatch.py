@@ -96,27 +96,33 @@ StartWorkers = Callable[
 ]
 
 
-class _Work:
-    __slots__ = (
-        "work_id",
-        "future",
-        "item",
-        "meta",
-        "state",
-        "worker",
-        "cancelled",
-    )
+class _Work(WorkItem):
+    """A work as the parent tracks it; sent to a worker as the WorkItem it is."""
+
+    __slots__ = ("future", "meta", "state", "worker", "cancelled")
 
     def __init__(
         self,
         work_id: int,
         future: ConcurrentFuture[Any],
-        item: WorkItem,
+        fn: Callable[..., Any],
+        args: Any,
+        kwargs: dict[str, Any],
+        chunk: bool,
         meta: Any,
     ):
+        # WorkItem's fields set here rather than by super().__init__():
+        # one call less on every submit.
         self.work_id = work_id
-        self.future = future
-        self.item = item
+        self.fn = fn
+        self.args = args
+        self.kwargs = kwargs
+        self.chunk = chunk
+        # Dropped when the work ends: the future refers to its work (to
+        # cancel it), and a cycle would keep both, and every work's garbage,
+        # alive until the next garbage collection, which is what a pool
+        # running many tiny works spends most of its time on.
+        self.future: ConcurrentFuture[Any] | None = future
         self.meta = meta
         self.state = _WAITING
         self.worker: Worker | None = None
@@ -125,7 +131,7 @@ class _Work:
     def is_coroutine(self) -> bool:
         """Whether a running work can be cancelled: asked only on cancel,
         since inspecting the function costs more than the rest of submit."""
-        return _is_coroutine_function(self.item.fn)
+        return _is_coroutine_function(self.fn)
 
 
 class Dispatcher:
@@ -175,17 +181,14 @@ class Dispatcher:
         """Send a work to a worker, or queue it; return its future."""
         future: ConcurrentFuture[Any] = ConcurrentFuture(self._cancel)
         with self._lock:
-            self._check_open()
-            work_id = next(self._ids)
-            work = _Work(
-                work_id,
-                future,
-                WorkItem(work_id, fn, args, kwargs, chunk),
-                meta,
-            )
+            if self._broken is not None or self._shutdown:
+                self._check_open()
+            work = _Work(next(self._ids), future, fn, args, kwargs, chunk, meta)
             future._aplex_work = work  # type: ignore[attr-defined]
             if self._waiting or not self._place(work):
                 self._waiting.append(work)
+            if not self._to_settle:
+                return future
             settle = self._take_settle()
         _settle(settle)
         return future
@@ -205,6 +208,7 @@ class Dispatcher:
                 self._pool.put(work.worker.index, [CancelItem(work.work_id)])
             else:
                 work.state = _ENDED
+                work.future = None
                 self._waiting_cancelled += 1
                 self._dispatch_waiting()
             work.cancelled = True
@@ -216,6 +220,7 @@ class Dispatcher:
     def shutdown(self, *, wait: bool, cancel_futures: bool) -> None:
         """Take no new works; stop the workers once the works taken have ended."""
         cancelled: list[_Work] = []
+        futures: list[ConcurrentFuture[Any]] = []
         with self._lock:
             self._shutdown = True
             if cancel_futures and self._broken is None:
@@ -232,10 +237,13 @@ class Dispatcher:
                         cancelled.append(work)
                 for work in cancelled:
                     work.cancelled = True
+                    futures.append(work.future)
+                    if work.state == _ENDED:
+                        work.future = None
                 self._cancelled += len(cancelled)
             self._dispatch_waiting()
-        for work in cancelled:
-            work.future._cancel_now()
+        for future in futures:
+            future._cancel_now()
         if wait:
             self._pool.join()
             # Every worker has reported all it ran before exiting; a work
@@ -289,7 +297,8 @@ class Dispatcher:
                 if type(result) is WorkerFailure:
                     self._break_by(result)
                     continue
-                work = self._running.pop(result.work_id, None)
+                work_id, status, value = result
+                work = self._running.pop(work_id, None)
                 if work is None:
                     continue  # ended already, with the pool that broke
                 assert work.worker is not None
@@ -298,16 +307,16 @@ class Dispatcher:
                     self._full_workers -= 1
                 self._workloads[work.worker] = load - 1
                 work.state = _ENDED
+                future, work.future = work.future, None
                 if work.cancelled:
                     continue  # counted, and settled, when cancelled
-                status = result.status
                 if status == DONE:
                     self._completed += 1
                 elif status == CANCELLED:
                     self._cancelled += 1
                 else:
                     self._failed += 1
-                self._to_settle.append((work.future, status, result.value))
+                self._to_settle.append((future, status, value))
             self._dispatch_waiting()
             settle = self._take_settle()
         _settle(settle)
@@ -341,7 +350,7 @@ class Dispatcher:
     def _place(self, work: _Work) -> bool:
         """Send ``work`` to the worker the balancer picks; False if every
         worker is full. A balancer fault fails the work (and returns True)."""
-        if not self._has_free_worker():
+        if self._full_workers == len(self.workers):
             return False
         try:
             worker = self._balancer.get_proper_worker(work.meta)
@@ -376,13 +385,14 @@ class Dispatcher:
         work.state = _RUNNING
         self._running[work.work_id] = work
         work.future.set_running_or_notify_cancel()
-        self._pool.put(worker.index, [work.item])
+        self._pool.put(worker.index, [work])
         return True
 
     def _reject(self, work: _Work, error: Exception) -> bool:
         work.state = _ENDED
+        future, work.future = work.future, None
         self._failed += 1
-        self._to_settle.append((work.future, FAILED, error))
+        self._to_settle.append((future, FAILED, error))
         return True
 
     def _dispatch_waiting(self) -> None:
@@ -416,10 +426,11 @@ class Dispatcher:
             return
         self._broken = broken
         for work in itertools.chain(self._waiting, self._running.values()):
+            future, work.future = work.future, None
             if not work.cancelled:
                 work.state = _ENDED
                 self._cancelled += 1
-                self._to_settle.append((work.future, _BROKEN, broken))
+                self._to_settle.append((future, _BROKEN, broken))
         self._waiting.clear()
         self._waiting_cancelled = 0
         self._running.clear()

@@ -10,15 +10,34 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 
-class WorkItem(NamedTuple):
+class WorkItem:
     """One work for a worker: call ``fn``, or, for a chunk, call it once per
-    argument tuple in ``args`` and send back the list of results."""
+    argument tuple in ``args`` and send back the list of results.
 
-    work_id: int
-    fn: Callable[..., Any]
-    args: Any
-    kwargs: dict[str, Any]
-    chunk: bool = False
+    A class with slots rather than a tuple: the parent's record of a work
+    extends it (see _dispatch), so that one object per work is made and a
+    thread worker is handed that very object. A process worker receives a
+    plain WorkItem, as that is what one pickles to.
+    """
+
+    __slots__ = ("work_id", "fn", "args", "kwargs", "chunk")
+
+    def __init__(
+        self,
+        work_id: int,
+        fn: Callable[..., Any],
+        args: Any,
+        kwargs: dict[str, Any],
+        chunk: bool = False,
+    ):
+        self.work_id = work_id
+        self.fn = fn
+        self.args = args
+        self.kwargs = kwargs
+        self.chunk = chunk
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return WorkItem, (self.work_id, self.fn, self.args, self.kwargs, self.chunk)
 
 
 class CancelItem(NamedTuple):
@@ -44,7 +63,12 @@ CANCELLED = 2
 
 
 class ResultItem(NamedTuple):
-    """How one work ended: its value, its exception, or cancelled."""
+    """How one work ended: its value, its exception, or cancelled.
+
+    The worker sends plain ``(work_id, status, value)`` tuples on its hot
+    path (a NamedTuple costs a Python call to make, once per work); readers
+    unpack results, so either form is a result.
+    """
 
     work_id: int
     status: int

@@ -160,10 +160,9 @@ def dumps_results(results: list[Any]) -> bytes:
 def _with_traceback(result: Any) -> Any:
     if type(result) is WorkerFailure:
         return WorkerFailure(result.where, _ExceptionWithTraceback(_round_trips(result.error)))  # type: ignore[arg-type]
-    if result.status == FAILED:
-        return ResultItem(
-            result.work_id, FAILED, _ExceptionWithTraceback(_round_trips(result.value))
-        )
+    work_id, status, value = result
+    if status == FAILED:
+        return ResultItem(work_id, FAILED, _ExceptionWithTraceback(_round_trips(value)))
     return result
 
 
@@ -194,17 +193,16 @@ def _sendable_result(result: Any) -> Any:
         return result
     except Exception as exc:
         pickling_error = exc
-    if type(result) is WorkerFailure or result.status == FAILED:
-        wrapped = result.error if type(result) is WorkerFailure else result.value
-        remote = _remote_error(wrapped.exc, pickling_error)
-        if type(result) is WorkerFailure:
-            return WorkerFailure(result.where, remote)
-        return ResultItem(result.work_id, FAILED, remote)
+    if type(result) is WorkerFailure:
+        return WorkerFailure(result.where, _remote_error(result.error.exc, pickling_error))
+    work_id, status, value = result
+    if status == FAILED:
+        return ResultItem(work_id, FAILED, _remote_error(value.exc, pickling_error))
     error = pickle.PicklingError(
-        f"cannot send the result back from the worker: a {type(result.value).__name__} object "
+        f"cannot send the result back from the worker: a {type(value).__name__} object "
         f"could not be pickled ({type(pickling_error).__name__}: {pickling_error})"
     )
-    return ResultItem(result.work_id, FAILED, _ExceptionWithTraceback(error))
+    return ResultItem(work_id, FAILED, _ExceptionWithTraceback(error))
 
 
 def loads(data: bytes) -> Any:

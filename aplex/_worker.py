@@ -4,7 +4,8 @@ A worker is a thread or a process running one event loop (asyncio or trio,
 started by a backend) and, on it, :func:`serve`. Its endpoint hands it
 batches of items from the parent and takes batches of results back:
 
-* a :class:`~aplex._messages.WorkItem` is called at once on the loop thread;
+* a :class:`~aplex._messages.WorkItem` (anything that is not one of the
+  two others) is called at once on the loop thread;
   if the call returns a coroutine, the coroutine becomes a task in its own
   cancel scope, so that it can be cancelled alone;
 * a :class:`~aplex._messages.CancelItem` cancels that scope;
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable
+from types import CoroutineType
 from typing import Any, Protocol
 
 import anyio
@@ -32,7 +34,6 @@ from ._messages import (
     DONE,
     FAILED,
     CancelItem,
-    ResultItem,
     StopItem,
     WorkerFailure,
     WorkItem,
@@ -95,9 +96,7 @@ class _Worker:
         while True:
             for item in await self._endpoint.receive():
                 kind = type(item)
-                if kind is WorkItem:
-                    self._start(item)
-                elif kind is CancelItem:
+                if kind is CancelItem:
                     scope = self._scopes.get(item.work_id)
                     if scope is not None:
                         scope.cancel()
@@ -106,6 +105,8 @@ class _Worker:
                     if item.cancel:
                         for scope in self._scopes.values():
                             scope.cancel()
+                else:
+                    self._start(item)
                 if self._fatal is not None:
                     return
             self._flush()
@@ -121,9 +122,9 @@ class _Worker:
                 is_coroutine = any(inspect.iscoroutine(v) for v in value)
             else:
                 value = item.fn(*item.args, **item.kwargs)
-                is_coroutine = inspect.iscoroutine(value)
+                is_coroutine = isinstance(value, CoroutineType)
         except Exception as exc:
-            self._results.append(ResultItem(work_id, FAILED, exc))
+            self._results.append((work_id, FAILED, exc))
             return
         except BaseException as exc:
             self._fail(exc)
@@ -133,7 +134,7 @@ class _Worker:
             awaitable = _gather(value) if item.chunk else value
             self._task_group.start_soon(self._await_work, work_id, awaitable, scope)
         else:
-            self._results.append(ResultItem(work_id, DONE, value))
+            self._results.append((work_id, DONE, value))
 
     async def _await_work(
         self, work_id: int, awaitable: Awaitable[Any], scope: anyio.CancelScope
@@ -157,7 +158,7 @@ class _Worker:
             return
         finally:
             del self._scopes[work_id]
-        self._results.append(ResultItem(work_id, status, value))
+        self._results.append((work_id, status, value))
         self._results_ready.set()
         if self._stopping and not self._scopes:
             self._finished.set()

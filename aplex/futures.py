@@ -109,6 +109,9 @@ class AsyncioFuture(asyncio.Future[T]):
             pass  # the loop is closed: nobody can await this future any more
 
     def _copy_state(self, concurrent_future: concurrent.futures.Future[T]) -> None:
+        # The two futures refer to each other (the callback holds this one):
+        # the cycle ends here, so that neither waits for the garbage collector.
+        self._concurrent_future = None  # type: ignore[assignment]
         if self.done():
             return
         if concurrent_future.cancelled():

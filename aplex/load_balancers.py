@@ -25,16 +25,17 @@ from __future__ import annotations
 import abc
 import random
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 
 __all__ = ["Worker", "LoadBalancer", "RoundRobin", "Random", "Average"]
 
 
-@dataclass(frozen=True)
-class Worker:
+class Worker(NamedTuple):
     """A worker as a balancer sees it: a small hashable handle.
+
+    A named tuple, so that hashing it (several times per work, as the
+    executor keeps workloads by worker) costs no Python call.
 
     Attributes:
         index: Its place in the pool, from 0; stable for the pool's life.
@@ -43,11 +44,6 @@ class Worker:
 
     index: int
     name: str
-
-    def __hash__(self) -> int:
-        # The dispatcher looks workers up several times per work; the
-        # generated hash of (index, name) costs more than all the rest of it.
-        return self.index
 
 
 class LoadBalancer(abc.ABC):
@@ -121,12 +117,15 @@ class RoundRobin(LoadBalancer):
 
     def get_proper_worker(self, load_balancing_meta: Any | None) -> Worker:
         """Return the next available worker, in index order, cyclically."""
-        workers = self.workers
+        workers = self._workers
+        workloads = self._workloads
+        limit = self._max_works_per_worker
         count = len(workers)
         for offset in range(count):
             position = (self._next + offset) % count
             worker = workers[position]
-            if self.is_available(worker):
+            # is_available(), inlined: this runs once per work.
+            if limit is None or workloads[worker] < limit:
                 self._next = (position + 1) % count
                 return worker
         raise RuntimeError("RoundRobin was asked for a worker while none is available")
