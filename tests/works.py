@@ -259,8 +259,11 @@ def _file_exists(path):
 
 
 def _write_file(path, text=""):
-    with open(path, "w") as file:
+    # Atomic: a test that sees the file must also see its text.
+    temporary = f"{path}.partial"
+    with open(temporary, "w") as file:
         file.write(text)
+    os.replace(temporary, path)
 
 
 async def async_until_file(path, value=None, timeout=30):
