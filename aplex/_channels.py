@@ -24,10 +24,9 @@ from functools import partial
 from typing import Any, NamedTuple
 
 import anyio
-import cloudpickle
 
 from ._messages import ABORT, WorkerFailure, WorkItem
-from ._pickling import dumps_results, dumps_works, dumps_works_or_none, loads
+from ._pickling import dumps, dumps_results, dumps_works, dumps_works_or_none, loads
 from ._worker import serve
 from .backends import Backend, current_backend
 
@@ -172,7 +171,7 @@ class ProcessWorkers:
         on_exit: OnExit,
     ):
         # Pickled once, with cloudpickle: they may be lambdas or closures.
-        setup = cloudpickle.dumps((backend, loop_factory, initializer, initargs))
+        setup = dumps((backend, loop_factory, initializer, initargs))
         self._links = []
         for index, name in enumerate(names):
             parent_end, child_end = context.Pipe(duplex=True)

@@ -97,26 +97,36 @@ def dumps_works(items: list[Any]) -> tuple[bytes, list[ResultItem]]:
     sendable, failed = [], []
     for item in items:
         try:
-            cloudpickle.dumps(item, protocol=PROTOCOL)
+            _cloudpickle(item)
         except Exception as exc:
             failed.append(ResultItem(item.work_id, FAILED, _work_pickling_error(item, exc)))
         else:
             sendable.append(item)
-    return cloudpickle.dumps(sendable, protocol=PROTOCOL), failed
+    return _cloudpickle(sendable), failed
 
 
 def dumps_works_or_none(items: list[Any]) -> bytes | None:
     """Pickle a batch for a worker; None if some item cannot be pickled."""
     try:
-        data = pickle.dumps(items, protocol=PROTOCOL)
+        return dumps(items)
+    except Exception:
+        return None
+
+
+def dumps(obj: Any) -> bytes:
+    """Pickle ``obj`` for a worker: with the standard pickle if it can be
+    trusted to, else with cloudpickle (see the module doc)."""
+    try:
+        data = pickle.dumps(obj)
         if b"__main__" not in data:
             return data
     except Exception:
         pass  # a lambda, a closure...: cloudpickle's work
-    try:
-        return cloudpickle.dumps(items, protocol=PROTOCOL)
-    except Exception:
-        return None
+    return _cloudpickle(obj)
+
+
+def _cloudpickle(obj: Any) -> bytes:
+    return cloudpickle.dumps(obj, protocol=PROTOCOL)
 
 
 def _work_pickling_error(item: WorkItem, exc: Exception) -> pickle.PicklingError:
@@ -130,7 +140,7 @@ def _work_pickling_error(item: WorkItem, exc: Exception) -> pickle.PicklingError
     ]
     for label, value in candidates:
         try:
-            cloudpickle.dumps(value, protocol=PROTOCOL)
+            _cloudpickle(value)
         except Exception:
             culprit = label
             break
@@ -147,14 +157,14 @@ def dumps_results(results: list[Any]) -> bytes:
     becomes an error the parent can read."""
     results = [_with_traceback(result) for result in results]
     try:
-        return pickle.dumps(results, protocol=PROTOCOL)
+        return pickle.dumps(results)
     except Exception:
         pass
     try:
-        return cloudpickle.dumps(results, protocol=PROTOCOL)
+        return _cloudpickle(results)
     except Exception:
         pass
-    return cloudpickle.dumps([_sendable_result(result) for result in results], protocol=PROTOCOL)
+    return _cloudpickle([_sendable_result(result) for result in results])
 
 
 def _with_traceback(result: Any) -> Any:
@@ -172,7 +182,7 @@ def _round_trips(exc: BaseException) -> BaseException:
     their ``args`` pickle fine and fail to unpickle: better found here, where
     the work is known, than in the parent."""
     try:
-        pickle.loads(cloudpickle.dumps(exc, protocol=PROTOCOL))
+        pickle.loads(dumps(exc))
     except Exception as error:
         return _remote_error(exc, error)
     return exc
@@ -189,7 +199,7 @@ def _remote_error(exc: BaseException, pickling_error: Exception) -> RemoteError:
 
 def _sendable_result(result: Any) -> Any:
     try:
-        cloudpickle.dumps(result, protocol=PROTOCOL)
+        _cloudpickle(result)
         return result
     except Exception as exc:
         pickling_error = exc
