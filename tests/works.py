@@ -481,6 +481,34 @@ async def async_library():
     return sniffio.current_async_library()
 
 
+def controlled(control):
+    """A plain work whose start, end and outcome the test controls: it
+    calls ``control.begin()``, blocks its worker's loop until the test sets
+    ``control.released``, returns or raises ``control.outcome()``, and calls
+    ``control.end()`` however it ends (see tests/test_executor_machine.py)."""
+    control.begin()
+    try:
+        if not control.released.wait(30):
+            raise TimeoutError("the test never released the work")
+        return control.outcome()
+    finally:
+        control.end()
+
+
+async def async_controlled(control):
+    """The coroutine twin of :func:`controlled`: it checks
+    ``control.released`` every millisecond, so its loop keeps serving the
+    other works (and cancellation) meanwhile."""
+    control.begin()
+    try:
+        with anyio.fail_after(30):
+            while not control.released.is_set():
+                await anyio.sleep(0.001)
+        return control.outcome()
+    finally:
+        control.end()
+
+
 async def async_shielded_until_set(started, release, value, timeout=30):
     """Set ``started``, then, shielded from cancellation, return ``value``
     once ``release`` is set: the result reaches the parent after a cancel
