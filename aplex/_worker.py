@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 import anyio
 import anyio.lowlevel
+from anyio import TaskHandle
 
 from ._messages import (
     CANCELLED,
@@ -63,7 +64,8 @@ async def serve(
 class _Worker:
     def __init__(self, endpoint: Endpoint) -> None:
         self._endpoint = endpoint
-        self._scopes: dict[int, anyio.CancelScope] = {}
+        # The running coroutine works' tasks; None for one being created.
+        self._tasks: dict[int, TaskHandle[None] | None] = {}
         self._results: list[Any] = []
         self._results_ready = anyio.Event()
         self._finished = anyio.Event()
@@ -97,20 +99,21 @@ class _Worker:
             for item in await self._endpoint.receive():
                 kind = type(item)
                 if kind is CancelItem:
-                    scope = self._scopes.get(item.work_id)
-                    if scope is not None:
-                        scope.cancel()
+                    task = self._tasks.get(item.work_id)
+                    if task is not None:
+                        task.cancel()
                 elif kind is StopItem:
                     self._stopping = True
                     if item.cancel:
-                        for scope in self._scopes.values():
-                            scope.cancel()
+                        for task in self._tasks.values():
+                            if task is not None:
+                                task.cancel()
                 else:
                     self._start(item)
                 if self._fatal is not None:
                     return
             self._flush()
-            if self._stopping and not self._scopes:
+            if self._stopping and not self._tasks:
                 self._finished.set()
                 return
 
@@ -130,37 +133,42 @@ class _Worker:
             self._fail(exc)
             return
         if is_coroutine:
-            scope = self._scopes[work_id] = anyio.CancelScope()
             awaitable = _gather(value) if item.chunk else value
-            self._task_group.start_soon(self._await_work, work_id, awaitable, scope)
+            # Every anyio task has a cancel scope of its own, which its handle
+            # cancels: a scope of ours around the work would only double the
+            # cost of the worker's busiest path. The name spares anyio from
+            # making one per task.
+            self._tasks[work_id] = None
+            task = self._task_group.create_task(self._await_work(work_id, awaitable), name="work")
+            if work_id in self._tasks:  # an eager task factory may have run it to its end
+                self._tasks[work_id] = task
         else:
             self._results.append((work_id, DONE, value))
 
-    async def _await_work(
-        self, work_id: int, awaitable: Awaitable[Any], scope: anyio.CancelScope
-    ) -> None:
-        status, value = CANCELLED, None
+    async def _await_work(self, work_id: int, awaitable: Awaitable[Any]) -> None:
         try:
-            with scope:
-                try:
-                    value = await awaitable
-                    status = DONE
-                except Exception as exc:
-                    status, value = FAILED, exc
+            status, value = DONE, await awaitable
+        except Exception as exc:
+            status, value = FAILED, exc
         except self._cancelled_exc:
-            # The work raised a cancellation of its own making (our scope
-            # swallows the ones we asked for): it ends cancelled, unless the
-            # whole worker is going down, which must go on unwinding.
+            task = self._tasks.pop(work_id)
             if self._task_group.cancel_scope.cancel_called:
-                raise
+                raise  # the whole worker is going down: nothing to report
+            self._report(work_id, CANCELLED, None)
+            if task is not None and task.status is TaskHandle.Status.CANCELLING:
+                raise  # we asked for it: the task's own scope takes it back
+            return  # the work raised a cancellation of its own making
         except BaseException as exc:
+            del self._tasks[work_id]
             self._fail(exc)
             return
-        finally:
-            del self._scopes[work_id]
+        del self._tasks[work_id]
+        self._report(work_id, status, value)
+
+    def _report(self, work_id: int, status: int, value: Any) -> None:
         self._results.append((work_id, status, value))
         self._results_ready.set()
-        if self._stopping and not self._scopes:
+        if self._stopping and not self._tasks:
             self._finished.set()
 
     def _fail(self, exc: BaseException) -> None:
