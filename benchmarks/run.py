@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import faulthandler
 import json
 import os
 import platform
@@ -55,6 +56,8 @@ TARGETS = [
 ]  # fmt: skip
 #: The derived row: per-work cost of the large tiny-works run over the small one.
 COST_KEY = "tiny_cost_ratio"
+#: Environment variable: seconds after which a child dumps its stacks and exits.
+_DUMP_AFTER = "BENCHMARKS_DUMP_AFTER"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,10 +140,20 @@ def _run_child(system: str, workload: str, size: int, timeout: float) -> dict[st
     command = [sys.executable, "-m", "benchmarks.run", "--child", system, workload, str(size)]
     try:
         process = subprocess.run(
-            command, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False
+            command,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            env={**os.environ, _DUMP_AFTER: str(max(1.0, timeout - 10))},
         )
-    except subprocess.TimeoutExpired:
+    except subprocess.TimeoutExpired as timed_out:
+        # The child dumped its threads' stacks just before (see _child): show them.
+        stderr = timed_out.stderr or b""
+        stderr = stderr.decode(errors="replace") if isinstance(stderr, bytes) else stderr
         print(f"\n{system} {workload}: timed out after {timeout} s", file=sys.stderr)
+        print(stderr[-6000:], file=sys.stderr)
         return "timeout"
     lines = process.stdout.strip().splitlines()
     if process.returncode != 0 or not lines:
@@ -151,6 +164,10 @@ def _run_child(system: str, workload: str, size: int, timeout: float) -> dict[st
 
 
 def _child(system_name: str, workload_name: str, size: str) -> int:
+    if _DUMP_AFTER in os.environ:
+        # A run that hangs dumps every thread's stack and exits, before the
+        # parent's timeout: the parent shows the dump.
+        faulthandler.dump_traceback_later(float(os.environ[_DUMP_AFTER]), exit=True)
     system = SYSTEMS[system_name]()
     try:
         metrics = WORKLOADS[workload_name].run(system, int(size))
