@@ -118,15 +118,26 @@ class _Work(WorkItem):
         self.args = args
         self.kwargs = kwargs
         self.chunk = chunk
-        # Dropped when the work ends: the future refers to its work (to
-        # cancel it), and a cycle would keep both, and every work's garbage,
-        # alive until the next garbage collection, which is what a pool
-        # running many tiny works spends most of its time on.
-        self.future: ConcurrentFuture[Any] | None = future
+        self.future: ConcurrentFuture[Any] | None = future  # until end()
         self.meta = meta
         self.state = _WAITING
         self.worker: Worker | None = None
         self.cancelled = False
+
+    def end(self) -> ConcurrentFuture[Any] | None:
+        """Mark the work ended; return its future, to be settled.
+
+        The work and its future let go of each other here: the future
+        refers to its work only to cancel it, and a pool of many tiny works
+        spends much of its time in the garbage collector if every future
+        keeps its work (and the work's arguments) alive, or worse, in a
+        cycle with it.
+        """
+        self.state = _ENDED
+        future, self.future = self.future, None
+        if future is not None:
+            future._aplex_work = None  # type: ignore[attr-defined]
+        return future
 
     def is_coroutine(self) -> bool:
         """Whether a running work can be cancelled: asked only on cancel,
@@ -146,6 +157,9 @@ class Dispatcher:
         start_workers: StartWorkers,
     ):
         self._lock = threading.Lock()
+        # Bound once: a bound method made per future is one more object per
+        # work for the garbage collector to walk.
+        self._cancel_future = self._cancel
         self._ids = itertools.count()
         self._waiting: deque[_Work] = deque()
         self._waiting_cancelled = 0  # cancelled works still in _waiting, skipped when reached
@@ -179,7 +193,7 @@ class Dispatcher:
         chunk: bool = False,
     ) -> ConcurrentFuture[Any]:
         """Send a work to a worker, or queue it; return its future."""
-        future: ConcurrentFuture[Any] = ConcurrentFuture(self._cancel)
+        future: ConcurrentFuture[Any] = ConcurrentFuture(self._cancel_future)
         with self._lock:
             if self._broken is not None or self._shutdown:
                 self._check_open()
@@ -194,7 +208,9 @@ class Dispatcher:
         return future
 
     def _cancel(self, future: ConcurrentFuture[Any]) -> bool:
-        work: _Work = future._aplex_work  # type: ignore[attr-defined]
+        work: _Work | None = future._aplex_work  # type: ignore[attr-defined]
+        if work is None:  # it has ended
+            return future.cancelled()
         with self._lock:
             if work.cancelled:
                 return True
@@ -207,8 +223,7 @@ class Dispatcher:
                 assert work.worker is not None
                 self._pool.put(work.worker.index, [CancelItem(work.work_id)])
             else:
-                work.state = _ENDED
-                work.future = None
+                work.end()
                 self._waiting_cancelled += 1
                 self._dispatch_waiting()
             work.cancelled = True
@@ -220,13 +235,13 @@ class Dispatcher:
     def shutdown(self, *, wait: bool, cancel_futures: bool) -> None:
         """Take no new works; stop the workers once the works taken have ended."""
         cancelled: list[_Work] = []
-        futures: list[ConcurrentFuture[Any]] = []
+        futures: list[ConcurrentFuture[Any] | None] = []
         with self._lock:
             self._shutdown = True
             if cancel_futures and self._broken is None:
                 for work in self._waiting:
                     if not work.cancelled:
-                        work.state = _ENDED
+                        futures.append(work.end())
                         cancelled.append(work)
                 self._waiting.clear()
                 self._waiting_cancelled = 0
@@ -234,15 +249,14 @@ class Dispatcher:
                     if not work.cancelled and work.is_coroutine():
                         assert work.worker is not None
                         self._pool.put(work.worker.index, [CancelItem(work.work_id)])
+                        futures.append(work.future)
                         cancelled.append(work)
                 for work in cancelled:
                     work.cancelled = True
-                    futures.append(work.future)
-                    if work.state == _ENDED:
-                        work.future = None
                 self._cancelled += len(cancelled)
             self._dispatch_waiting()
         for future in futures:
+            assert future is not None
             future._cancel_now()
         if wait:
             self._pool.join()
@@ -306,8 +320,7 @@ class Dispatcher:
                 if load == self._limit:
                     self._full_workers -= 1
                 self._workloads[work.worker] = load - 1
-                work.state = _ENDED
-                future, work.future = work.future, None
+                future = work.end()
                 if work.cancelled:
                     continue  # counted, and settled, when cancelled
                 if status == DONE:
@@ -389,8 +402,7 @@ class Dispatcher:
         return True
 
     def _reject(self, work: _Work, error: Exception) -> bool:
-        work.state = _ENDED
-        future, work.future = work.future, None
+        future = work.end()
         self._failed += 1
         self._to_settle.append((future, FAILED, error))
         return True
@@ -426,9 +438,8 @@ class Dispatcher:
             return
         self._broken = broken
         for work in itertools.chain(self._waiting, self._running.values()):
-            future, work.future = work.future, None
+            future = work.end()
             if not work.cancelled:
-                work.state = _ENDED
                 self._cancelled += 1
                 self._to_settle.append((future, _BROKEN, broken))
         self._waiting.clear()
