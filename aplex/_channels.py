@@ -194,10 +194,7 @@ class ProcessWorkers:
         # SIGKILL, not SIGTERM: a work may have replaced the SIGTERM handler,
         # and a broken pool owes its running works nothing.
         for link in self._links:
-            try:
-                link.process.kill()
-            except ValueError:
-                pass  # already reaped and closed by its reader
+            _kill(link.process)
 
     def join(self) -> None:
         for link in self._links:
@@ -225,6 +222,7 @@ class _ProcessLink:
         self._outbox: list[Any] = []
         self._closing = False
         self._writing = False  # by put() or the feeder: one writer at a time
+        self._failure: BaseException | None = None  # what broke the feeder or the reader
         self._in_flight = 0  # works sent and not yet answered
         self._feeder = threading.Thread(target=self._feed, name=f"aplex-{name}-feeder")
         self._reader = threading.Thread(target=self._read, name=f"aplex-{name}-reader")
@@ -275,6 +273,12 @@ class _ProcessLink:
                 self._send(items)
             except OSError:
                 return  # the worker is gone: the reader reports it
+            except BaseException as exc:
+                # Works that cannot be sent any more must not leave their
+                # callers waiting: the reader breaks the pool with this cause.
+                self._failure = exc
+                _kill(self.process)
+                return
             with self._ready:
                 self._writing = False
                 if self._outbox:
@@ -298,39 +302,49 @@ class _ProcessLink:
                 self._connection.send_bytes(item.data)
 
     def _read(self) -> None:
-        connection = self._connection
-        error: BaseException | None = None
         try:
-            while True:
-                data = connection.recv_bytes()
-                try:
-                    results = loads(data)
-                except Exception as exc:
-                    # The batch's works cannot be told apart any more: the
-                    # pool breaks, rather than leave their callers waiting.
-                    error = exc
-                    self.process.kill()
-                    break
-                with self._ready:
-                    self._in_flight -= len(results)
-                self._on_results(self.index, results)
-        except (EOFError, OSError):
-            pass
+            self._read_results()
+        except BaseException as exc:
+            # A batch that cannot be unpickled (its works cannot be told
+            # apart any more), or a fault of ours: whatever stops the reader
+            # breaks the pool, as its works' results could never arrive.
+            self._failure = self._failure or exc
+            _kill(self.process)
         self.process.join()
         with self._ready:
             self._closing = True
             self._ready.notify()
         self._feeder.join()
-        connection.close()
+        self._connection.close()
         exitcode = self.process.exitcode
         self.process.close()
+        error = self._failure
         if error is None and exitcode != 0:
             error = _ProcessExit(exitcode)
         self._on_exit(self.index, error)
 
+    def _read_results(self) -> None:
+        connection = self._connection
+        while True:
+            try:
+                data = connection.recv_bytes()
+            except (EOFError, OSError):
+                return  # the worker has exited: _read() reaps it
+            results = loads(data)
+            with self._ready:
+                self._in_flight -= len(results)
+            self._on_results(self.index, results)
+
     def join(self) -> None:
         if threading.current_thread() is not self._reader:
             self._reader.join()
+
+
+def _kill(process: Any) -> None:
+    try:
+        process.kill()
+    except ValueError:
+        pass  # already reaped and closed by its reader
 
 
 class _Pickled(NamedTuple):

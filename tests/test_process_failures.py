@@ -417,3 +417,64 @@ def test_fifty_executors_leak_no_fd_thread_or_process():
     left = _descendants()
     assert "Z" not in left.values(), left
     assert set(left) == set(helpers)
+
+
+# -- faults of aplex's own parent-side threads ----------------------------------
+
+
+def _cause_chain(error: BaseException) -> list[BaseException]:
+    chain = []
+    while error is not None:
+        chain.append(error)
+        error = error.__cause__
+    return chain
+
+
+def test_a_fault_in_the_result_reader_breaks_the_pool_instead_of_hanging(monkeypatch):
+    """Guards against a hang seen once in the benchmarks: a worker's reader
+    thread died and its works' futures stayed pending for ever. Whatever
+    stops a reader must break the pool, with the fault as the cause."""
+    from aplex._dispatch import Dispatcher
+
+    original = Dispatcher._on_results
+
+    def faulty(self, index, results):
+        if any(result[2] == "poison" for result in results):
+            raise RuntimeError("a fault while routing results")
+        original(self, index, results)
+
+    monkeypatch.setattr(Dispatcher, "_on_results", faulty)
+    with aplex.ProcessAsyncPoolExecutor(pool_size=1) as executor:
+        assert executor.submit(works.identity, 1).result(TIMEOUT) == 1
+        future = executor.submit(works.identity, "poison")
+        with pytest.raises(CancelledError) as caught:
+            future.result(TIMEOUT)
+        chain = _cause_chain(caught.value)
+        assert isinstance(chain[1], aplex.AplexWorkerError)
+        assert any("a fault while routing results" in str(error) for error in chain)
+        with pytest.raises(aplex.AplexWorkerError):
+            executor.submit(works.identity, 2)
+
+
+def test_a_fault_in_the_feeder_breaks_the_pool_instead_of_hanging(monkeypatch, tmp_path):
+    """The feeder thread writes the works queued for a busy worker; if it
+    died silently, they would never be sent and their callers would wait
+    for ever."""
+    from aplex import _channels
+
+    def faulty(items):
+        raise RuntimeError("a fault while sending works")
+
+    monkeypatch.setattr(_channels, "dumps_works", faulty)
+    release = tmp_path / "release"
+    with aplex.ProcessAsyncPoolExecutor(pool_size=1) as executor:
+        # The first work goes straight to the idle worker; the second finds
+        # it busy and is queued for the feeder.
+        busy = executor.submit(works.async_wait_for_file, str(release), "done")
+        queued = executor.submit(works.identity, 2)
+        for future in (busy, queued):
+            with pytest.raises(CancelledError) as caught:
+                future.result(TIMEOUT)
+            chain = _cause_chain(caught.value)
+            assert isinstance(chain[1], aplex.AplexWorkerError)
+            assert any("a fault while sending works" in str(error) for error in chain)
