@@ -17,11 +17,15 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import threading
+import weakref
 from collections.abc import Callable, Generator
 from concurrent.futures._base import PENDING, RUNNING
+from functools import partial
 from typing import Any, Generic, TypeVar
 
 import anyio
+from anyio.lowlevel import RunVar
 
 from .backends import current_backend
 
@@ -103,10 +107,7 @@ class AsyncioFuture(asyncio.Future[T]):
         return super().cancel(msg=msg)
 
     def _copy_state_threadsafe(self, concurrent_future: concurrent.futures.Future[T]) -> None:
-        try:
-            self.get_loop().call_soon_threadsafe(self._copy_state, concurrent_future)
-        except RuntimeError:
-            pass  # the loop is closed: nobody can await this future any more
+        _asyncio_waker(self.get_loop()).wake(partial(self._copy_state, concurrent_future))
 
     def _copy_state(self, concurrent_future: concurrent.futures.Future[T]) -> None:
         # The two futures refer to each other (the callback holds this one):
@@ -190,18 +191,68 @@ async def wait_future(future: concurrent.futures.Future[T]) -> T:
     """
     if not future.done():
         ended = anyio.Event()
-        call_soon = current_backend().threadsafe_caller()
-
-        def wake(_: object) -> None:
-            try:
-                call_soon(ended.set)
-            except Exception:
-                pass  # the caller's loop has ended: nobody is waiting
-
-        future.add_done_callback(wake)
+        waker = _loop_waker()
+        future.add_done_callback(lambda _: waker.wake(ended.set))
         try:
             await ended.wait()
         except BaseException:
             future.cancel()
             raise
     return future.result()
+
+
+class _Waker:
+    """Wakes one event loop's waiters from other threads: once per batch of
+    results, not once per result, as each thread-safe call costs the loop a
+    wake-up (a write to its wake-up socket, a turn of the loop)."""
+
+    def __init__(self, call_soon: Callable[[Callable[[], object]], object]):
+        self._call_soon = call_soon
+        self._lock = threading.Lock()
+        self._pending: list[Callable[[], object]] = []
+
+    def wake(self, set_event: Callable[[], object]) -> None:
+        """Have ``set_event`` called on the loop (from any thread)."""
+        with self._lock:
+            self._pending.append(set_event)
+            if len(self._pending) > 1:
+                return  # a drain is already on its way
+        try:
+            self._call_soon(self._drain)
+        except Exception:
+            # The loop has ended: nobody is waiting any more.
+            with self._lock:
+                self._pending.clear()
+
+    def _drain(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, []
+        for set_event in pending:
+            set_event()
+
+
+_wakers: RunVar[_Waker] = RunVar("aplex_waker")
+
+
+# AsyncioFuture's loops, which need not be running where the future is made.
+_asyncio_wakers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Waker] = (
+    weakref.WeakKeyDictionary()
+)
+_asyncio_wakers_lock = threading.Lock()
+
+
+def _asyncio_waker(loop: asyncio.AbstractEventLoop) -> _Waker:
+    with _asyncio_wakers_lock:
+        waker = _asyncio_wakers.get(loop)
+        if waker is None:
+            waker = _asyncio_wakers[loop] = _Waker(loop.call_soon_threadsafe)
+        return waker
+
+
+def _loop_waker() -> _Waker:
+    try:
+        return _wakers.get()
+    except LookupError:
+        waker = _Waker(current_backend().threadsafe_caller())
+        _wakers.set(waker)
+        return waker
