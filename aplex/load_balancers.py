@@ -36,14 +36,14 @@ class Worker(NamedTuple):
 
     A named tuple, so that hashing it (several times per work, as the
     executor keeps workloads by worker) costs no Python call.
-
-    Attributes:
-        index: Its place in the pool, from 0; stable for the pool's life.
-        name: A readable name, e.g. ``"ThreadWorker-0"``.
     """
 
     index: int
     name: str
+
+
+Worker.index.__doc__ = "Its place in the pool, from 0; stable for the pool's life."
+Worker.name.__doc__ = 'A readable name, e.g. ``"ThreadWorker-0"``.'
 
 
 class LoadBalancer(abc.ABC):
