@@ -218,7 +218,10 @@ class _ProcessLink:
         self._connection = connection
         self._on_results = on_results
         self._on_exit = on_exit
-        self._ready = threading.Condition(threading.Lock())
+        # Taken as the lock itself, not through the Condition's Python-level
+        # __enter__: put() and the reader take it once per batch.
+        self._lock = threading.Lock()
+        self._ready = threading.Condition(self._lock)
         self._outbox: list[Any] = []
         self._closing = False
         self._writing = False  # by put() or the feeder: one writer at a time
@@ -231,7 +234,7 @@ class _ProcessLink:
 
     def put(self, items: list[Any]) -> None:
         works = sum(isinstance(item, WorkItem) for item in items)
-        with self._ready:
+        with self._lock:
             if self._closing:
                 return  # the worker has exited: the dispatcher learns it from on_exit
             self._in_flight += works
@@ -253,7 +256,7 @@ class _ProcessLink:
                 items = [_Pickled(data)]
         except OSError:
             items = []  # the worker is gone: the reader reports it
-        with self._ready:
+        with self._lock:
             self._writing = False
             # Works put while this one was written queued behind it.
             self._outbox[:0] = items
@@ -262,7 +265,7 @@ class _ProcessLink:
 
     def _feed(self) -> None:
         while True:
-            with self._ready:
+            with self._lock:
                 while (self._writing or not self._outbox) and not self._closing:
                     self._ready.wait()
                 if self._closing:
@@ -279,7 +282,7 @@ class _ProcessLink:
                 self._failure = exc
                 _kill(self.process)
                 return
-            with self._ready:
+            with self._lock:
                 self._writing = False
                 if self._outbox:
                     self._ready.notify()
@@ -293,7 +296,7 @@ class _ProcessLink:
             if batch:
                 data, failed = dumps_works(batch)
                 if failed:
-                    with self._ready:
+                    with self._lock:
                         self._in_flight -= len(failed)
                     self._on_results(self.index, failed)
                 self._connection.send_bytes(data)
@@ -311,7 +314,7 @@ class _ProcessLink:
             self._failure = self._failure or exc
             _kill(self.process)
         self.process.join()
-        with self._ready:
+        with self._lock:
             self._closing = True
             self._ready.notify()
         self._feeder.join()
@@ -331,7 +334,7 @@ class _ProcessLink:
             except (EOFError, OSError):
                 return  # the worker has exited: _read() reaps it
             results = loads(data)
-            with self._ready:
+            with self._lock:
                 self._in_flight -= len(results)
             self._on_results(self.index, results)
 
