@@ -8,7 +8,6 @@ The unit tests drive a balancer the way the executor does: a list of
 from __future__ import annotations
 
 import threading
-import time
 from collections import Counter
 from types import MappingProxyType
 
@@ -17,6 +16,7 @@ import pytest
 from aplex import ThreadAsyncPoolExecutor
 from aplex.load_balancers import Average, LoadBalancer, Random, RoundRobin, Worker
 from tests import works
+from tests.support import wait_until, worker_index
 
 T = 10  # seconds to wait for what should take milliseconds
 
@@ -35,19 +35,6 @@ def live(balancer_class, loads, cap=2):
     workers = [Worker(index, f"Worker-{index}") for index in range(len(loads))]
     workloads = dict(zip(workers, loads, strict=True))
     return balancer_class(workers, MappingProxyType(workloads), cap), workers, workloads
-
-
-def wait_until(predicate, timeout=T):
-    """Wait for a state the test cannot be notified of (checked every 5 ms)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {predicate}")
-        time.sleep(0.005)
-
-
-def worker_index(thread_name):
-    return int(thread_name.rsplit("-", 1)[1])
 
 
 # -- the base class -----------------------------------------------------------

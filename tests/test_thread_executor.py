@@ -31,24 +31,11 @@ from aplex import (
 )
 from aplex.load_balancers import LoadBalancer, RoundRobin, Worker
 from tests import works
+from tests.support import wait_until, worker_index
 
 # Seconds to wait for anything that should take milliseconds: generous,
 # because the machine is small and shared.
 T = 10
-
-
-def wait_until(predicate, timeout=T):
-    """Wait for a state the test cannot be notified of (checked every 5 ms)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {predicate}")
-        time.sleep(0.005)
-
-
-def worker_index(thread_name):
-    """'aplex-pool3-ThreadWorker-1' -> 1."""
-    return int(thread_name.rsplit("-", 1)[1])
 
 
 def new_threads(before):
