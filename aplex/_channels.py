@@ -382,7 +382,7 @@ class _PipeEndpoint:
     async def receive(self) -> list[Any]:
         await anyio.wait_readable(self._fileno)
         connection = self._connection
-        items = loads(connection.recv_bytes())
+        items: list[Any] = loads(connection.recv_bytes())
         while connection.poll():
             items.extend(loads(connection.recv_bytes()))
         return items

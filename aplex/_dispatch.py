@@ -124,7 +124,7 @@ class _Work(WorkItem):
         self.worker: Worker | None = None
         self.cancelled = False
 
-    def end(self) -> ConcurrentFuture[Any] | None:
+    def end(self) -> ConcurrentFuture[Any]:
         """Mark the work ended; return its future, to be settled.
 
         The work and its future let go of each other here: the future
@@ -135,8 +135,8 @@ class _Work(WorkItem):
         """
         self.state = _ENDED
         future, self.future = self.future, None
-        if future is not None:
-            future._aplex_work = None  # type: ignore[attr-defined]
+        assert future is not None, "a work ends once"
+        future._aplex_work = None  # type: ignore[attr-defined]
         return future
 
     def is_coroutine(self) -> bool:
@@ -235,7 +235,7 @@ class Dispatcher:
     def shutdown(self, *, wait: bool, cancel_futures: bool) -> None:
         """Take no new works; stop the workers once the works taken have ended."""
         cancelled: list[_Work] = []
-        futures: list[ConcurrentFuture[Any] | None] = []
+        futures: list[ConcurrentFuture[Any]] = []
         with self._lock:
             self._shutdown = True
             if cancel_futures and self._broken is None:
@@ -247,7 +247,7 @@ class Dispatcher:
                 self._waiting_cancelled = 0
                 for work in self._running.values():
                     if not work.cancelled and work.is_coroutine():
-                        assert work.worker is not None
+                        assert work.worker is not None and work.future is not None
                         self._pool.put(work.worker.index, [CancelItem(work.work_id)])
                         futures.append(work.future)
                         cancelled.append(work)
@@ -256,7 +256,6 @@ class Dispatcher:
                 self._cancelled += len(cancelled)
             self._dispatch_waiting()
         for future in futures:
-            assert future is not None
             future._cancel_now()
         if wait:
             self._pool.join()
@@ -397,6 +396,7 @@ class Dispatcher:
         work.worker = worker
         work.state = _RUNNING
         self._running[work.work_id] = work
+        assert work.future is not None  # it is placed before it ends
         work.future.set_running_or_notify_cancel()
         self._pool.put(worker.index, [work])
         return True
@@ -438,6 +438,8 @@ class Dispatcher:
             return
         self._broken = broken
         for work in itertools.chain(self._waiting, self._running.values()):
+            if work.state == _ENDED:
+                continue  # cancelled while waiting, and left in the FIFO to be skipped
             future = work.end()
             if not work.cancelled:
                 self._cancelled += 1

@@ -126,7 +126,8 @@ def dumps(obj: Any) -> bytes:
 
 
 def _cloudpickle(obj: Any) -> bytes:
-    return cloudpickle.dumps(obj, protocol=PROTOCOL)
+    data: bytes = cloudpickle.dumps(obj, protocol=PROTOCOL)
+    return data
 
 
 def _work_pickling_error(item: WorkItem, exc: Exception) -> pickle.PicklingError:
@@ -204,7 +205,8 @@ def _sendable_result(result: Any) -> Any:
     except Exception as exc:
         pickling_error = exc
     if type(result) is WorkerFailure:
-        return WorkerFailure(result.where, _remote_error(result.error.exc, pickling_error))
+        wrapped: _ExceptionWithTraceback = result.error  # type: ignore[assignment]  # see _with_traceback
+        return WorkerFailure(result.where, _remote_error(wrapped.exc, pickling_error))
     work_id, status, value = result
     if status == FAILED:
         return ResultItem(work_id, FAILED, _remote_error(value.exc, pickling_error))

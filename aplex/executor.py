@@ -480,7 +480,7 @@ def _preload_in_forkserver(backend_name: str) -> None:
     what the program asked for; has no effect once the server runs."""
     import multiprocessing.forkserver as forkserver
 
-    server = forkserver._forkserver  # type: ignore[attr-defined]
+    server = forkserver._forkserver
     preload = list(getattr(server, "_preload_modules", ["__main__"]))
     wanted = ["aplex._channels", f"anyio._backends._{backend_name}"]
     missing = [name for name in wanted if name not in preload]

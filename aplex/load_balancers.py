@@ -38,7 +38,8 @@ class Worker(NamedTuple):
     executor keeps workloads by worker) costs no Python call.
     """
 
-    index: int
+    # Shadows tuple.index(): a worker is a handle, never searched as a tuple.
+    index: int  # type: ignore[assignment]
     name: str
 
 
