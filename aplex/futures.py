@@ -26,7 +26,6 @@ from functools import partial
 from typing import Any, Generic, TypeVar
 
 import anyio
-from anyio.lowlevel import RunVar
 
 from .backends import current_backend
 
@@ -145,7 +144,8 @@ class AsyncioFuture(asyncio.Future[T]):
         return super().cancel(msg=msg)
 
     def _copy_state_threadsafe(self, concurrent_future: concurrent.futures.Future[T]) -> None:
-        _asyncio_waker(self.get_loop()).wake(partial(self._copy_state, concurrent_future))
+        call_soon = self.get_loop().call_soon_threadsafe
+        _waker(call_soon).wake(call_soon, partial(self._copy_state, concurrent_future))
 
     def _copy_state(self, concurrent_future: concurrent.futures.Future[T]) -> None:
         # The two futures refer to each other (the callback holds this one):
@@ -229,8 +229,9 @@ async def wait_future(future: concurrent.futures.Future[T]) -> T:
     """
     if not future.done():
         ended = anyio.Event()
-        waker = _loop_waker()
-        future.add_done_callback(lambda _: waker.wake(ended.set))
+        call_soon = current_backend().threadsafe_caller()
+        waker = _waker(call_soon)
+        future.add_done_callback(lambda _: waker.wake(call_soon, ended.set))
         try:
             await ended.wait()
         except BaseException:
@@ -244,19 +245,23 @@ class _Waker:
     results, not once per result, as each thread-safe call costs the loop a
     wake-up (a write to its wake-up socket, a turn of the loop)."""
 
-    def __init__(self, call_soon: Callable[[Callable[[], object]], object]):
-        self._call_soon = call_soon
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         self._pending: list[Callable[[], object]] = []
 
-    def wake(self, set_event: Callable[[], object]) -> None:
-        """Have ``set_event`` called on the loop (from any thread)."""
+    def wake(
+        self,
+        call_soon: Callable[[Callable[[], object]], object],
+        set_event: Callable[[], object],
+    ) -> None:
+        """Have ``set_event`` called on the loop that ``call_soon`` calls
+        into (from any thread)."""
         with self._lock:
             self._pending.append(set_event)
             if len(self._pending) > 1:
                 return  # a drain is already on its way
         try:
-            self._call_soon(self._drain)
+            call_soon(self._drain)
         except Exception:
             # The loop has ended: nobody is waiting any more.
             with self._lock:
@@ -269,28 +274,19 @@ class _Waker:
             set_event()
 
 
-_wakers: RunVar[_Waker] = RunVar("aplex_waker")
+# One waker per event loop, keyed by what its thread-safe call is bound to
+# (asyncio's loop, trio's token). The waker does not hold the loop, so that
+# the entry goes with the loop.
+_wakers: weakref.WeakKeyDictionary[object, _Waker] = weakref.WeakKeyDictionary()
+_wakers_lock = threading.Lock()
 
 
-# AsyncioFuture's loops, which need not be running where the future is made.
-_asyncio_wakers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Waker] = (
-    weakref.WeakKeyDictionary()
-)
-_asyncio_wakers_lock = threading.Lock()
-
-
-def _asyncio_waker(loop: asyncio.AbstractEventLoop) -> _Waker:
-    with _asyncio_wakers_lock:
-        waker = _asyncio_wakers.get(loop)
+def _waker(call_soon: Callable[[Callable[[], object]], object]) -> _Waker:
+    loop = getattr(call_soon, "__self__", None)
+    if loop is None:  # a backend's own callable: nothing to share a waker by
+        return _Waker()
+    with _wakers_lock:
+        waker = _wakers.get(loop)
         if waker is None:
-            waker = _asyncio_wakers[loop] = _Waker(loop.call_soon_threadsafe)
-        return waker
-
-
-def _loop_waker() -> _Waker:
-    try:
-        return _wakers.get()
-    except LookupError:
-        waker = _Waker(current_backend().threadsafe_caller())
-        _wakers.set(waker)
+            waker = _wakers[loop] = _Waker()
         return waker
