@@ -949,3 +949,21 @@ def test_concurrent_futures_wait_and_as_completed_take_aplex_futures():
         release.set()
         done, not_done = concurrent.futures.wait([slow], timeout=T)
         assert (done, not_done) == ({slow}, set())
+
+
+def test_an_awaitable_future_does_not_keep_its_closed_loop_alive():
+    """Guards against a leak: the registry that wakes a loop once per batch
+    of results held every loop it had woken, closed or not."""
+    import weakref
+
+    loops = []
+
+    async def main(executor):
+        loops.append(weakref.ref(asyncio.get_running_loop()))
+        return await executor.submit(works.identity, 1), await executor.run(works.identity, 2)
+
+    with ThreadAsyncPoolExecutor(pool_size=1, awaitable=True) as executor:
+        for _ in range(3):
+            assert asyncio.run(main(executor)) == (1, 2)
+    gc.collect()
+    assert [loop() for loop in loops] == [None, None, None]
