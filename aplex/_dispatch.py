@@ -111,13 +111,7 @@ class _Work(WorkItem):
         chunk: bool,
         meta: Any,
     ):
-        # WorkItem's fields set here rather than by super().__init__():
-        # one call less on every submit.
-        self.work_id = work_id
-        self.fn = fn
-        self.args = args
-        self.kwargs = kwargs
-        self.chunk = chunk
+        super().__init__(work_id, fn, args, kwargs, chunk)
         self.future: ConcurrentFuture[Any] | None = future  # until end()
         self.meta = meta
         self.state = _WAITING
@@ -195,14 +189,11 @@ class Dispatcher:
         """Send a work to a worker, or queue it; return its future."""
         future: ConcurrentFuture[Any] = ConcurrentFuture(self._cancel_future)
         with self._lock:
-            if self._broken is not None or self._shutdown:
-                self._check_open()
+            self._check_open()
             work = _Work(next(self._ids), future, fn, args, kwargs, chunk, meta)
             future._aplex_work = work  # type: ignore[attr-defined]
             if self._waiting or not self._place(work):
                 self._waiting.append(work)
-            if not self._to_settle:
-                return future
             settle = self._take_settle()
         _settle(settle)
         return future
@@ -362,31 +353,25 @@ class Dispatcher:
     def _place(self, work: _Work) -> bool:
         """Send ``work`` to the worker the balancer picks; False if every
         worker is full. A balancer fault fails the work (and returns True)."""
-        if self._full_workers == len(self.workers):
+        if not self._has_free_worker():
             return False
         try:
             worker = self._balancer.get_proper_worker(work.meta)
         except Exception as exc:
-            balancer = type(self._balancer).__name__
-            error = RuntimeError(f"load balancer {balancer} raised {exc!r} while choosing a worker")
+            error = self._balancer_fault(f"raised {exc!r} while choosing a worker")
             error.__cause__ = exc
             return self._reject(work, error)
         load = self._workloads.get(worker) if isinstance(worker, Worker) else None
         if load is None:
-            balancer = type(self._balancer).__name__
             return self._reject(
                 work,
-                RuntimeError(
-                    f"load balancer {balancer} returned {worker!r}, "
-                    "which is not a worker of this pool"
-                ),
+                self._balancer_fault(f"returned {worker!r}, which is not a worker of this pool"),
             )
         if self._limit is not None and load >= self._limit:
-            balancer = type(self._balancer).__name__
             return self._reject(
                 work,
-                RuntimeError(
-                    f"load balancer {balancer} returned {worker.name}, which is full "
+                self._balancer_fault(
+                    f"returned {worker.name}, which is full "
                     f"({load} works running, max_works_per_worker={self._limit})"
                 ),
             )
@@ -400,6 +385,9 @@ class Dispatcher:
         work.future.set_running_or_notify_cancel()
         self._pool.put(worker.index, [work])
         return True
+
+    def _balancer_fault(self, what: str) -> RuntimeError:
+        return RuntimeError(f"load balancer {type(self._balancer).__name__} {what}")
 
     def _reject(self, work: _Work, error: Exception) -> bool:
         future = work.end()
