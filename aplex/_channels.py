@@ -142,6 +142,14 @@ def _run_thread_worker(
 
 
 # -- process workers ---------------------------------------------------------
+#
+# Each process worker has a duplex pipe and two parent threads: a feeder that
+# pickles and writes the batches put() leaves for it (so that a caller never
+# blocks on a full pipe, and a work that cannot be pickled fails on its own),
+# and a reader that reads result batches and, at end of file, reaps the
+# process and reports its exit. Per-worker threads keep one busy worker from
+# holding up the others. A batch for an idle worker is written by put()
+# itself, which saves the thread switch to the feeder.
 
 # The largest batch put() writes from the caller's thread; well below a
 # pipe's buffer, so that the write cannot block even if the worker were
@@ -151,13 +159,6 @@ _DIRECT_WRITE_MAX = 16 * 1024
 # default is 700): higher means fewer collections, and more cyclic garbage
 # waiting a little longer to be freed.
 _WORKER_GC_THRESHOLD = 50_000
-#
-# Each process worker has a duplex pipe and two parent threads: a feeder that
-# pickles and writes the batches put() leaves for it (so that a caller never
-# blocks on a full pipe, and a work that cannot be pickled fails on its own),
-# and a reader that reads result batches and, at end of file, reaps the
-# process and reports its exit. Per-worker threads keep one busy worker from
-# holding up the others.
 
 
 class ProcessWorkers:
