@@ -236,11 +236,8 @@ class AsyncPoolExecutor:
 
     def _future_view(self) -> Callable[[ConcurrentFuture[Any]], Any] | None:
         """Return how submit() presents a future to its caller, or None for
-        the ConcurrentFuture itself; raise here what must stop a submit.
-        Asked only when ``_views_futures``, which spares plain callers a call."""
+        the ConcurrentFuture itself; raise here what must stop a submit."""
         return None
-
-    _views_futures: bool = False
 
     _map_is_async: ClassVar[bool] = False
 
@@ -282,10 +279,7 @@ class AsyncPoolExecutor:
             RuntimeError: The executor has been shut down.
             AplexWorkerError: The executor is broken.
         """
-        if not callable(work):
-            _check_work(work)
-        if not self._views_futures:
-            return self._dispatcher.submit(work, args, kwargs, load_balancing_meta)
+        _check_work(work)
         view = self._future_view()
         future = self._dispatcher.submit(work, args, kwargs, load_balancing_meta)
         return future if view is None else view(future)
@@ -505,7 +499,7 @@ class _AsyncioFrontEnd(AsyncPoolExecutor):
                 "future_loop is set while awaitable is False: "
                 "pass awaitable=True to get awaitable futures"
             )
-        self._awaitable = self._views_futures = bool(awaitable)
+        self._awaitable = bool(awaitable)
         self._future_loop = future_loop
         super().__init__(**kwargs)
 

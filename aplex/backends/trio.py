@@ -52,7 +52,6 @@ class _TrioFrontEnd(AsyncPoolExecutor):
     _default_worker_backend = "trio"
     _map_is_async = True
     _rejected_arguments = ("awaitable", "future_loop")
-    _views_futures = True
 
     def __init__(self, *, awaitable: Any = None, future_loop: Any = None, **kwargs: Any):
         for name, value in (("awaitable", awaitable), ("future_loop", future_loop)):
