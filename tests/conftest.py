@@ -15,8 +15,9 @@ import time
 import pytest
 from hypothesis import HealthCheck, settings
 
-# "ci" keeps the state machines together around a minute on 2 cores; "long"
-# is for a deliberate hunt: APLEX_HYPOTHESIS_PROFILE=long python -m pytest
+# "ci" keeps the state machines together well under a minute on 2 cores
+# (about 10 s); "long" is for a deliberate hunt, some 10 minutes:
+# APLEX_HYPOTHESIS_PROFILE=long python -m pytest
 settings.register_profile(
     "ci",
     max_examples=40,
@@ -25,11 +26,7 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.register_profile(
-    "long",
-    max_examples=1000,
-    stateful_step_count=80,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
+    "long", parent=settings.get_profile("ci"), max_examples=1000, stateful_step_count=80
 )
 settings.load_profile(os.environ.get("APLEX_HYPOTHESIS_PROFILE", "ci"))
 
