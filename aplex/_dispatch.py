@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Protocol
 
-from ._messages import CANCELLED, DONE, FAILED, STOP, CancelItem, WorkerFailure, WorkItem
+from ._exceptions import AplexWorkerError
+from ._worker.messages import CANCELLED, DONE, FAILED, STOP, CancelItem, WorkerFailure, WorkItem
 from .futures import ConcurrentFuture
 from .load_balancers import LoadBalancer, Worker
 
@@ -32,16 +33,6 @@ from .load_balancers import LoadBalancer, Worker
 _WAITING, _RUNNING, _ENDED = range(3)
 # A settle status of our own, beside the ResultItem ones: the pool broke.
 _BROKEN = -1
-
-
-class AplexWorkerError(Exception):
-    """A worker broke: a BaseException that is not an Exception escaped a
-    work, the worker process died, or a worker's initializer raised.
-
-    The executor is broken from then on: every unfinished future fails with
-    :class:`concurrent.futures.CancelledError` caused by this error, and
-    ``submit`` and ``map`` raise it. ``shutdown`` still works.
-    """
 
 
 @dataclass(frozen=True)

@@ -49,9 +49,10 @@ from typing import Any, ClassVar
 import anyio
 import anyio.to_thread
 
-from ._channels import ProcessWorkers, ThreadWorkers
-from ._dispatch import AplexWorkerError, Dispatcher, PoolStatistics, WorkerPool, WorkerStatistics
-from ._pickling import RemoteError
+from ._dispatch import Dispatcher, PoolStatistics, WorkerPool, WorkerStatistics
+from ._exceptions import AplexWorkerError, RemoteError
+from ._processes import ProcessWorkers
+from ._threads import ThreadWorkers
 from .backends import get_backend
 from .futures import ConcurrentFuture, wait_future
 from .load_balancers import LoadBalancer, RoundRobin
@@ -476,7 +477,7 @@ def _preload_in_forkserver(backend_name: str) -> None:
 
     server = forkserver._forkserver
     preload = list(getattr(server, "_preload_modules", ["__main__"]))
-    wanted = ["aplex._channels", f"anyio._backends._{backend_name}"]
+    wanted = ["aplex._worker.process", f"anyio._backends._{backend_name}"]
     missing = [name for name in wanted if name not in preload]
     if missing:
         server.set_forkserver_preload(preload + missing)

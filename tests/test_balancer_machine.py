@@ -38,7 +38,7 @@ from hypothesis.stateful import (
 
 from aplex import load_balancers
 from aplex._dispatch import Dispatcher
-from aplex._messages import DONE, ResultItem, WorkItem
+from aplex._worker.messages import DONE, ResultItem, WorkItem
 from aplex.load_balancers import Average, LoadBalancer, Random, RoundRobin, Worker
 from tests import works
 

@@ -460,12 +460,12 @@ def test_a_fault_in_the_feeder_breaks_the_pool_instead_of_hanging(monkeypatch, t
     """The feeder thread writes the works queued for a busy worker; if it
     died silently, they would never be sent and their callers would wait
     for ever."""
-    from aplex import _channels
+    from aplex import _processes
 
     def faulty(items):
         raise RuntimeError("a fault while sending works")
 
-    monkeypatch.setattr(_channels, "dumps_works", faulty)
+    monkeypatch.setattr(_processes, "dumps_works", faulty)
     release = tmp_path / "release"
     with aplex.ProcessAsyncPoolExecutor(pool_size=1) as executor:
         # The first work goes straight to the idle worker; the second finds

@@ -48,7 +48,10 @@ class Backend(Protocol):
 
 _registry: dict[str, Backend] = {}
 # Built-in backends, imported on first use.
-_builtin = {"asyncio": "aplex.backends.asyncio", "trio": "aplex.backends.trio"}
+_builtin = {
+    "asyncio": ("aplex.backends._asyncio", "AsyncioBackend"),
+    "trio": ("aplex.backends._trio", "TrioBackend"),
+}
 
 
 def register_backend(backend: Backend) -> None:
@@ -75,20 +78,21 @@ def get_backend(name: str) -> Backend:
     backend = _registry.get(name)
     if backend is not None:
         return backend
-    module = _builtin.get(name)
-    if module is None:
+    builtin = _builtin.get(name)
+    if builtin is None:
         known = ", ".join(sorted({*_registry, *_builtin}))
         raise ValueError(
             f"unknown backend {name!r}; known backends: {known}. For another event loop, "
             "install its library and add a backend with aplex.backends.register_backend()"
         )
+    module, class_name = builtin
     try:
-        importlib.import_module(module)
+        backend = getattr(importlib.import_module(module), class_name)()
     except ImportError as exc:
         raise ValueError(
             f"backend {name!r} needs the {name} package: pip install 'aplex[{name}]'"
         ) from exc
-    return _registry[name]
+    return _registry.setdefault(name, backend)
 
 
 def current_backend() -> Backend:

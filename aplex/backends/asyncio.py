@@ -8,38 +8,10 @@ are the ones :mod:`aplex` exports: with ``awaitable=True`` their futures are
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
-from typing import Any
-
-import anyio
-
 from ..executor import _AsyncioFrontEnd, _ProcessKind, _ThreadKind
-from . import register_backend
+from ._asyncio import AsyncioBackend
 
 __all__ = ["ProcessAsyncPoolExecutor", "ThreadAsyncPoolExecutor", "AsyncioBackend"]
-
-
-class AsyncioBackend:
-    """Run workers on asyncio; wake asyncio callers with call_soon_threadsafe."""
-
-    name = "asyncio"
-    supports_loop_factory = True
-
-    def run(
-        self,
-        main: Callable[[], Awaitable[None]],
-        *,
-        loop_factory: Callable[[], Any] | None = None,
-    ) -> None:
-        options = {} if loop_factory is None else {"loop_factory": loop_factory}
-        anyio.run(main, backend="asyncio", backend_options=options)
-
-    def threadsafe_caller(self) -> Callable[[Callable[[], object]], object]:
-        return asyncio.get_running_loop().call_soon_threadsafe
-
-
-register_backend(AsyncioBackend())
 
 
 class ThreadAsyncPoolExecutor(_ThreadKind, _AsyncioFrontEnd):

@@ -12,38 +12,14 @@ iteration or ``run()`` cancels the work in its worker (see
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, NoReturn
-
-import anyio
-import trio
 
 from ..executor import AsyncPoolExecutor, _ProcessKind, _ThreadKind
 from ..futures import ConcurrentFuture, TrioFuture
-from . import register_backend
+from ._trio import TrioBackend
 
 __all__ = ["ProcessAsyncPoolExecutor", "ThreadAsyncPoolExecutor", "TrioBackend"]
-
-
-class TrioBackend:
-    """Run workers on trio; wake trio callers through their TrioToken."""
-
-    name = "trio"
-    supports_loop_factory = False
-
-    def run(
-        self,
-        main: Callable[[], Awaitable[None]],
-        *,
-        loop_factory: Callable[[], Any] | None = None,
-    ) -> None:
-        anyio.run(main, backend="trio")
-
-    def threadsafe_caller(self) -> Callable[[Callable[[], object]], object]:
-        return trio.lowlevel.current_trio_token().run_sync_soon
-
-
-register_backend(TrioBackend())
 
 
 class _TrioFrontEnd(AsyncPoolExecutor):

@@ -26,46 +26,10 @@ from typing import Any
 
 import cloudpickle
 
-from ._messages import FAILED, ResultItem, WorkerFailure, WorkItem
+from .._exceptions import RemoteError, RemoteTraceback
+from .messages import FAILED, ResultItem, WorkerFailure, WorkItem
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
-
-
-class RemoteError(Exception):
-    """An exception raised in a worker that could not be pickled back.
-
-    Attributes:
-        type_name: The qualified name of the original exception's type.
-        message: ``str()`` of the original exception.
-        traceback_text: The worker's traceback, formatted.
-        reason: Why the original could not be pickled back.
-    """
-
-    def __init__(self, type_name: str, message: str, traceback_text: str, reason: str = ""):
-        super().__init__(type_name, message, traceback_text, reason)
-        self.type_name = type_name
-        self.message = message
-        self.traceback_text = traceback_text
-        self.reason = reason
-
-    def __str__(self) -> str:
-        why = f" ({self.reason})" if self.reason else ""
-        return (
-            f"{self.type_name}: {self.message}\n\n"
-            f"[this exception could not be pickled back from the worker{why}]\n\n"
-            f"Worker traceback:\n{self.traceback_text}"
-        )
-
-
-class RemoteTraceback(Exception):
-    """The traceback of an exception raised in a worker process, as text."""
-
-    def __init__(self, text: str):
-        super().__init__(text)
-        self.text = text
-
-    def __str__(self) -> str:
-        return self.text
 
 
 def _rebuild_exception(exc: BaseException, text: str) -> BaseException:

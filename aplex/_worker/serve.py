@@ -4,12 +4,12 @@ A worker is a thread or a process running one event loop (asyncio or trio,
 started by a backend) and, on it, :func:`serve`. Its endpoint hands it
 batches of items from the parent and takes batches of results back:
 
-* a :class:`~aplex._messages.WorkItem` (anything that is not one of the
+* a :class:`~aplex._worker.messages.WorkItem` (anything that is not one of the
   two others) is called at once on the loop thread;
   if the call returns a coroutine, the coroutine becomes a task in its own
   cancel scope, so that it can be cancelled alone;
-* a :class:`~aplex._messages.CancelItem` cancels that scope;
-* a :class:`~aplex._messages.StopItem` ends the loop once the running works
+* a :class:`~aplex._worker.messages.CancelItem` cancels that scope;
+* a :class:`~aplex._worker.messages.StopItem` ends the loop once the running works
   have ended (at once, cancelling them, if it says so).
 
 Results are gathered and sent in one batch per turn of the loop rather than
@@ -30,7 +30,7 @@ import anyio
 import anyio.lowlevel
 from anyio import TaskHandle
 
-from ._messages import (
+from .messages import (
     CANCELLED,
     DONE,
     FAILED,

@@ -1,0 +1,230 @@
+"""Process workers, the parent's side: start them, feed them, read them.
+
+Each process worker has a duplex pipe and two parent threads: a feeder that
+pickles and writes the batches put() leaves for it (so that a caller never
+blocks on a full pipe, and a work that cannot be pickled fails on its own),
+and a reader that reads result batches and, at end of file, reaps the
+process and reports its exit. Per-worker threads keep one busy worker from
+holding up the others. A batch for an idle worker is written by put()
+itself, which saves the thread switch to the feeder.
+
+What runs in the child is :mod:`aplex._worker.process`; items travel
+pickled (see :mod:`aplex._worker.pickling`).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from ._exceptions import ProcessExit
+from ._worker.messages import WorkItem
+from ._worker.pickling import dumps, dumps_works, dumps_works_or_none, loads
+from ._worker.process import run_process_worker
+from .backends import Backend
+
+OnResults = Callable[[int, list[Any]], None]
+OnExit = Callable[[int, BaseException | None], None]
+
+# The largest batch put() writes from the caller's thread; well below a
+# pipe's buffer, so that the write cannot block even if the worker were
+# slow to read. Larger batches go through the feeder thread.
+_DIRECT_WRITE_MAX = 16 * 1024
+
+
+class ProcessWorkers:
+    """A pool of worker processes, each running its own event loop."""
+
+    def __init__(
+        self,
+        names: list[str],
+        *,
+        context: Any,
+        backend: Backend,
+        loop_factory: Callable[[], Any] | None,
+        initializer: Callable[..., Any] | None,
+        initargs: tuple[Any, ...],
+        on_results: OnResults,
+        on_exit: OnExit,
+    ):
+        # Pickled once, with cloudpickle: they may be lambdas or closures.
+        setup = dumps((backend, loop_factory, initializer, initargs))
+        self._links = []
+        for index, name in enumerate(names):
+            parent_end, child_end = context.Pipe(duplex=True)
+            process = context.Process(
+                target=run_process_worker, args=(child_end, setup), name=f"aplex-{name}"
+            )
+            process.start()
+            child_end.close()
+            self._links.append(_ProcessLink(index, name, process, parent_end, on_results, on_exit))
+
+    def put(self, index: int, items: list[Any]) -> None:
+        self._links[index].put(items)
+
+    def abort(self) -> None:
+        # SIGKILL, not SIGTERM: a work may have replaced the SIGTERM handler,
+        # and a broken pool owes its running works nothing.
+        for link in self._links:
+            _kill(link.process)
+
+    def join(self) -> None:
+        for link in self._links:
+            link.join()
+
+
+class _ProcessLink:
+    """The parent's end of one worker process: its feeder and reader threads."""
+
+    def __init__(
+        self,
+        index: int,
+        name: str,
+        process: Any,
+        connection: Any,
+        on_results: OnResults,
+        on_exit: OnExit,
+    ):
+        self.index = index
+        self.process = process
+        self._connection = connection
+        self._on_results = on_results
+        self._on_exit = on_exit
+        # Taken as the lock itself, not through the Condition's Python-level
+        # __enter__: put() and the reader take it once per batch.
+        self._lock = threading.Lock()
+        self._ready = threading.Condition(self._lock)
+        self._outbox: list[Any] = []
+        self._closing = False
+        self._writing = False  # by put() or the feeder: one writer at a time
+        self._failure: BaseException | None = None  # what broke the feeder or the reader
+        self._in_flight = 0  # works sent and not yet answered
+        self._feeder = threading.Thread(target=self._feed, name=f"aplex-{name}-feeder")
+        self._reader = threading.Thread(target=self._read, name=f"aplex-{name}-reader")
+        self._feeder.start()
+        self._reader.start()
+
+    def put(self, items: list[Any]) -> None:
+        works = sum(isinstance(item, WorkItem) for item in items)
+        with self._lock:
+            if self._closing:
+                return  # the worker has exited: the dispatcher learns it from on_exit
+            self._in_flight += works
+            # An idle worker (everything sent to it answered) is waiting on
+            # its pipe: write to it at once rather than wake the feeder, which
+            # costs a thread switch on every round trip. A busy worker gets
+            # its works through the feeder, which batches them.
+            if self._writing or self._outbox or self._in_flight > works:
+                self._outbox.extend(items)
+                self._ready.notify()
+                return
+            self._writing = True
+        try:
+            data = dumps_works_or_none(items)
+            if data is not None and len(data) <= _DIRECT_WRITE_MAX:
+                self._connection.send_bytes(data)
+                items = []
+            elif data is not None:
+                items = [_Pickled(data)]
+        except OSError:
+            items = []  # the worker is gone: the reader reports it
+        with self._lock:
+            self._writing = False
+            # Works put while this one was written queued behind it.
+            self._outbox[:0] = items
+            if self._outbox:
+                self._ready.notify()
+
+    def _feed(self) -> None:
+        while True:
+            with self._lock:
+                while (self._writing or not self._outbox) and not self._closing:
+                    self._ready.wait()
+                if self._closing:
+                    return
+                items, self._outbox = self._outbox, []
+                self._writing = True
+            try:
+                self._send(items)
+            except OSError:
+                return  # the worker is gone: the reader reports it
+            except BaseException as exc:
+                # Works that cannot be sent any more must not leave their
+                # callers waiting: the reader breaks the pool with this cause.
+                self._failure = exc
+                _kill(self.process)
+                return
+            with self._lock:
+                self._writing = False
+                if self._outbox:
+                    self._ready.notify()
+
+    def _send(self, items: list[Any]) -> None:
+        batch: list[Any] = []
+        for item in [*items, None]:
+            if item is not None and type(item) is not _Pickled:
+                batch.append(item)
+                continue
+            if batch:
+                data, failed = dumps_works(batch)
+                if failed:
+                    with self._lock:
+                        self._in_flight -= len(failed)
+                    self._on_results(self.index, failed)
+                self._connection.send_bytes(data)
+                batch = []
+            if item is not None:
+                self._connection.send_bytes(item.data)
+
+    def _read(self) -> None:
+        try:
+            self._read_results()
+        except BaseException as exc:
+            # A batch that cannot be unpickled (its works cannot be told
+            # apart any more), or a fault of ours: whatever stops the reader
+            # breaks the pool, as its works' results could never arrive.
+            self._failure = self._failure or exc
+            _kill(self.process)
+        self.process.join()
+        with self._lock:
+            self._closing = True
+            self._ready.notify()
+        self._feeder.join()
+        self._connection.close()
+        exitcode = self.process.exitcode
+        self.process.close()
+        error = self._failure
+        if error is None and exitcode != 0:
+            error = ProcessExit(exitcode)
+        self._on_exit(self.index, error)
+
+    def _read_results(self) -> None:
+        connection = self._connection
+        while True:
+            try:
+                data = connection.recv_bytes()
+            except (EOFError, OSError):
+                return  # the worker has exited: _read() reaps it
+            results = loads(data)
+            with self._lock:
+                self._in_flight -= len(results)
+            self._on_results(self.index, results)
+
+    def join(self) -> None:
+        if threading.current_thread() is not self._reader:
+            self._reader.join()
+
+
+def _kill(process: Any) -> None:
+    try:
+        process.kill()
+    except ValueError:
+        pass  # already reaped and closed by its reader
+
+
+class _Pickled(NamedTuple):
+    """A batch put() pickled but left to the feeder: too big to write from
+    the caller's thread without risking to block it."""
+
+    data: bytes
