@@ -31,17 +31,11 @@ worker backend (the event loop inside each worker).
 from __future__ import annotations
 
 import inspect
-import itertools
 import multiprocessing
 import os
-import sys
-import threading
 import time
 import warnings
-import weakref
-from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from concurrent.futures import Future
+from collections.abc import Callable, Iterable
 from functools import partial
 from types import TracebackType
 from typing import Any, ClassVar
@@ -51,6 +45,8 @@ import anyio.to_thread
 
 from ._dispatch import Dispatcher, PoolStatistics, WorkerPool, WorkerStatistics
 from ._exceptions import AplexWorkerError, RemoteError
+from ._lifecycle import next_pool_id, track
+from ._map import MapFeed, iterate, iterate_async
 from ._processes import ProcessWorkers
 from ._threads import ThreadWorkers
 from .backends import get_backend
@@ -64,28 +60,6 @@ __all__ = [
     "RemoteError",
     "WorkerStatistics",
 ]
-
-_pool_ids = itertools.count()
-# Dispatchers whose workers may still run; each is shut down at interpreter
-# exit. Weak: a dispatcher lives as long as its workers reference it.
-_live_dispatchers: weakref.WeakSet[Dispatcher] = weakref.WeakSet()
-
-
-def _shutdown_at_exit() -> None:
-    # Exiting on Ctrl-C must not wait for the works still running (the user
-    # asked to stop): the pools are stopped at once. Otherwise the works
-    # already submitted end first, as with concurrent.futures.
-    interrupted = isinstance(getattr(sys, "last_value", None), KeyboardInterrupt)
-    for dispatcher in list(_live_dispatchers):
-        if interrupted:
-            dispatcher.terminate()
-        dispatcher.shutdown(wait=True, cancel_futures=interrupted)
-
-
-# Runs before the interpreter joins non-daemon threads, as for
-# concurrent.futures: the works already submitted end, then the workers.
-threading._register_atexit(_shutdown_at_exit)  # type: ignore[attr-defined]
-
 
 # The seed reference's order, then the arguments aplex added.
 _ARGUMENT_ORDER = (
@@ -206,7 +180,7 @@ class AsyncPoolExecutor:
         if initializer is not None and not callable(initializer):
             raise TypeError(f"initializer must be callable, got {initializer!r}")
         self._prepare_workers()
-        pool_id = next(_pool_ids)
+        pool_id = next_pool_id()
         names = [f"{self._worker_kind}Worker-{index}" for index in range(pool_size)]
         self._dispatcher = Dispatcher(
             worker_names=names,
@@ -221,7 +195,7 @@ class AsyncPoolExecutor:
                 initargs=tuple(initargs),
             ),
         )
-        _live_dispatchers.add(self._dispatcher)
+        track(self._dispatcher)
 
     # -- the worker kind's hooks (see _ThreadKind, ProcessWorkersMixin)
 
@@ -332,10 +306,10 @@ class AsyncPoolExecutor:
         submit_chunk = partial(
             self._dispatcher.submit, work, kwargs={}, meta=load_balancing_meta, chunk=True
         )
-        feed = _MapFeed(submit_chunk, zip(*iterables, strict=False), chunksize, buffersize)
+        feed = MapFeed(submit_chunk, zip(*iterables, strict=False), chunksize, buffersize)
         if self._map_is_async:
-            return _iterate_async(feed, end_time)
-        return _iterate(feed, end_time)
+            return iterate_async(feed, end_time)
+        return iterate(feed, end_time)
 
     async def run(
         self,
@@ -537,71 +511,6 @@ class _AsyncioFrontEnd(AsyncPoolExecutor):
         if not self._awaitable:
             raise RuntimeError("set_future_loop() needs an executor made with awaitable=True")
         self._future_loop = loop
-
-
-class _MapFeed:
-    """The chunks of one ``map`` call: submits them, eagerly or within a
-    buffer, and hands their futures out in order."""
-
-    def __init__(
-        self,
-        submit_chunk: Callable[[list[tuple[Any, ...]]], Future[Any]],
-        arguments: Iterator[tuple[Any, ...]],
-        chunksize: int,
-        buffersize: int | None,
-    ):
-        self._submit = submit_chunk
-        self._chunks = iter(partial(_take, arguments, chunksize), [])
-        self._lazy = buffersize is not None
-        self._futures: deque[Future[Any]] = deque(
-            submit_chunk(chunk) for chunk in itertools.islice(self._chunks, buffersize)
-        )
-
-    def next_future(self) -> Future[Any] | None:
-        if not self._futures:
-            return None
-        future = self._futures.popleft()
-        if self._lazy:
-            chunk = next(self._chunks, None)
-            if chunk is not None:
-                self._futures.append(self._submit(chunk))
-        return future
-
-    def cancel(self) -> None:
-        for future in self._futures:
-            future.cancel()
-        self._futures.clear()
-
-
-def _take(arguments: Iterator[tuple[Any, ...]], count: int) -> list[tuple[Any, ...]]:
-    return list(itertools.islice(arguments, count))
-
-
-def _iterate(feed: _MapFeed, end_time: float | None) -> Iterator[Any]:
-    try:
-        while (future := feed.next_future()) is not None:
-            timeout = None if end_time is None else end_time - time.monotonic()
-            try:
-                values = future.result(timeout)
-            except BaseException:
-                # Out of the feed already, yet one of the remaining works:
-                # a timeout or an interrupt must cancel it too.
-                future.cancel()
-                raise
-            yield from values
-    finally:
-        feed.cancel()
-
-
-async def _iterate_async(feed: _MapFeed, end_time: float | None) -> AsyncIterator[Any]:
-    try:
-        while (future := feed.next_future()) is not None:
-            with anyio.fail_after(None if end_time is None else end_time - time.monotonic()):
-                values = await wait_future(future)
-            for value in values:
-                yield value
-    finally:
-        feed.cancel()
 
 
 def _check_work(work: Any) -> None:
