@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 from ._exceptions import AplexWorkerError
 from ._worker.messages import CANCELLED, DONE, FAILED, STOP, CancelItem, WorkerFailure, WorkItem
+from .backends import Backend
 from .futures import ConcurrentFuture
 from .load_balancers import LoadBalancer, Worker
 
@@ -81,21 +82,45 @@ class WorkerPool(Protocol):
         """Wait until every worker has exited."""
 
 
-# Called with (on_results, on_exit); starts the workers.
-StartWorkers = Callable[
-    [Callable[[int, list[Any]], None], Callable[[int, BaseException | None], None]], WorkerPool
-]
+OnResults = Callable[[int, list[Any]], None]
+OnExit = Callable[[int, BaseException | None], None]
+
+
+class WorkerKind(Protocol):
+    """A kind of worker (threads, processes): what an executor is composed of."""
+
+    #: What the worker handles are called: "ThreadWorker-0", ...
+    name: str
+
+    def start(
+        self,
+        names: list[str],
+        *,
+        backend: Backend,
+        loop_factory: Callable[[], Any] | None,
+        initializer: Callable[..., Any] | None,
+        initargs: tuple[Any, ...],
+        on_results: OnResults,
+        on_exit: OnExit,
+    ) -> WorkerPool:
+        """Start one worker per name; they report through the two callbacks."""
+
+
+class StartWorkers(Protocol):
+    """Start the workers (a :meth:`WorkerKind.start` with all but these given)."""
+
+    def __call__(self, *, on_results: OnResults, on_exit: OnExit) -> WorkerPool: ...
 
 
 class _Work(WorkItem):
     """A work as the parent tracks it; sent to a worker as the WorkItem it is."""
 
-    __slots__ = ("future", "meta", "state", "worker", "cancelled")
+    __slots__ = ("future", "meta", "state", "worker", "cancelled", "_dispatcher")
 
     def __init__(
         self,
+        dispatcher: Dispatcher,
         work_id: int,
-        future: ConcurrentFuture[Any],
         fn: Callable[..., Any],
         args: Any,
         kwargs: dict[str, Any],
@@ -103,25 +128,31 @@ class _Work(WorkItem):
         meta: Any,
     ):
         super().__init__(work_id, fn, args, kwargs, chunk)
-        self.future: ConcurrentFuture[Any] | None = future  # until end()
+        self._dispatcher = dispatcher
+        # The future's cancel interface is the work itself (see __call__).
+        self.future: ConcurrentFuture[Any] | None = ConcurrentFuture(self)  # until end()
         self.meta = meta
         self.state = _WAITING
         self.worker: Worker | None = None
         self.cancelled = False
 
+    def __call__(self, future: ConcurrentFuture[Any]) -> bool:
+        """Cancel this work: what its future's ``cancel()`` calls."""
+        return self._dispatcher._cancel(self, future)
+
     def end(self) -> ConcurrentFuture[Any]:
         """Mark the work ended; return its future, to be settled.
 
-        The work and its future let go of each other here: the future
-        refers to its work only to cancel it, and a pool of many tiny works
-        spends much of its time in the garbage collector if every future
-        keeps its work (and the work's arguments) alive, or worse, in a
-        cycle with it.
+        The work lets go of its future, and of what it was to run: the
+        future still refers to the work (it is its cancel interface), and a
+        future kept by a caller must not keep the work's callable and
+        arguments alive, nor a pool of many tiny works spend its time in
+        the garbage collector walking them.
         """
         self.state = _ENDED
         future, self.future = self.future, None
         assert future is not None, "a work ends once"
-        future._aplex_work = None  # type: ignore[attr-defined]
+        self.fn = self.args = self.kwargs = self.meta = None  # type: ignore[assignment]
         return future
 
     def is_coroutine(self) -> bool:
@@ -142,9 +173,6 @@ class Dispatcher:
         start_workers: StartWorkers,
     ):
         self._lock = threading.Lock()
-        # Bound once: a bound method made per future is one more object per
-        # work for the garbage collector to walk.
-        self._cancel_future = self._cancel
         self._ids = itertools.count()
         self._waiting: deque[_Work] = deque()
         self._waiting_cancelled = 0  # cancelled works still in _waiting, skipped when reached
@@ -164,7 +192,7 @@ class Dispatcher:
         # Under the lock: a worker that fails at once reports before this
         # assignment would otherwise be made.
         with self._lock:
-            self._pool = start_workers(self._on_results, self._on_exit)
+            self._pool = start_workers(on_results=self._on_results, on_exit=self._on_exit)
 
     # -- callers ---------------------------------------------------------
 
@@ -178,20 +206,19 @@ class Dispatcher:
         chunk: bool = False,
     ) -> ConcurrentFuture[Any]:
         """Send a work to a worker, or queue it; return its future."""
-        future: ConcurrentFuture[Any] = ConcurrentFuture(self._cancel_future)
+        work = _Work(self, next(self._ids), fn, args, kwargs, chunk, meta)
+        future = work.future
+        assert future is not None
         with self._lock:
             self._check_open()
-            work = _Work(next(self._ids), future, fn, args, kwargs, chunk, meta)
-            future._aplex_work = work  # type: ignore[attr-defined]
             if self._waiting or not self._place(work):
                 self._waiting.append(work)
             settle = self._take_settle()
         _settle(settle)
         return future
 
-    def _cancel(self, future: ConcurrentFuture[Any]) -> bool:
-        work: _Work | None = future._aplex_work  # type: ignore[attr-defined]
-        if work is None:  # it has ended
+    def _cancel(self, work: _Work, future: ConcurrentFuture[Any]) -> bool:
+        if work.state == _ENDED:
             return future.cancelled()
         with self._lock:
             if work.cancelled:
@@ -212,7 +239,7 @@ class Dispatcher:
             self._cancelled += 1
             settle = self._take_settle()
         _settle(settle)
-        return future._cancel_now()
+        return future.set_cancelled()
 
     def shutdown(self, *, wait: bool, cancel_futures: bool) -> None:
         """Take no new works; stop the workers once the works taken have ended."""
@@ -238,7 +265,7 @@ class Dispatcher:
                 self._cancelled += len(cancelled)
             self._dispatch_waiting()
         for future in futures:
-            future._cancel_now()
+            future.set_cancelled()
         if wait:
             self._pool.join()
             # Every worker has reported all it ran before exiting; a work
@@ -260,10 +287,6 @@ class Dispatcher:
     @property
     def is_shut_down(self) -> bool:
         return self._shutdown
-
-    @property
-    def broken(self) -> AplexWorkerError | None:
-        return self._broken
 
     def check_open(self) -> None:
         """Raise what ``submit`` would raise now, if anything."""
@@ -444,7 +467,7 @@ def _settle(settle: list[tuple[ConcurrentFuture[Any], int, Any]]) -> None:
             if status == DONE:
                 future.set_result(value)
             elif status == CANCELLED:
-                future._cancel_now()
+                future.set_cancelled()
             elif status == _BROKEN:
                 error = CancelledError(f"the work was lost: {value}")
                 error.__cause__ = value

@@ -14,6 +14,7 @@ pickled (see :mod:`aplex._worker.pickling`).
 
 from __future__ import annotations
 
+import multiprocessing
 import threading
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -24,13 +25,94 @@ from ._worker.pickling import dumps, dumps_works, dumps_works_or_none, loads
 from ._worker.process import run_process_worker
 from .backends import Backend
 
+# How workers report, to the dispatcher: results by batch, and their exit.
 OnResults = Callable[[int, list[Any]], None]
 OnExit = Callable[[int, BaseException | None], None]
+
 
 # The largest batch put() writes from the caller's thread; well below a
 # pipe's buffer, so that the write cannot block even if the worker were
 # slow to read. Larger batches go through the feeder thread.
 _DIRECT_WRITE_MAX = 16 * 1024
+
+
+class ProcessKind:
+    """Process workers, as an executor is composed of them.
+
+    Args:
+        mp_context: A :mod:`multiprocessing` start method name or context;
+            None for ``"forkserver"`` where there is one, else ``"spawn"``:
+            neither forks a parent that runs threads.
+
+    Raises:
+        ValueError: An unknown start method.
+        TypeError: ``mp_context`` is neither a name nor a context.
+    """
+
+    #: What the worker handles are called: "ProcessWorker-0", ...
+    name = "Process"
+
+    def __init__(self, mp_context: Any = None):
+        self._context = _multiprocessing_context(mp_context)
+
+    def start(
+        self,
+        names: list[str],
+        *,
+        backend: Backend,
+        loop_factory: Callable[[], Any] | None,
+        initializer: Callable[..., Any] | None,
+        initargs: tuple[Any, ...],
+        on_results: OnResults,
+        on_exit: OnExit,
+    ) -> ProcessWorkers:
+        """Start one worker process per name."""
+        if self._context.get_start_method() == "forkserver":
+            _preload_in_forkserver(backend)
+        return ProcessWorkers(
+            names,
+            context=self._context,
+            backend=backend,
+            loop_factory=loop_factory,
+            initializer=initializer,
+            initargs=initargs,
+            on_results=on_results,
+            on_exit=on_exit,
+        )
+
+
+def _multiprocessing_context(mp_context: Any) -> Any:
+    if mp_context is None:
+        methods = multiprocessing.get_all_start_methods()
+        return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    if isinstance(mp_context, str):
+        return multiprocessing.get_context(mp_context)  # ValueError names a bad method
+    if not (hasattr(mp_context, "Process") and hasattr(mp_context, "Pipe")):
+        raise TypeError(
+            f"mp_context must be a start method name or a multiprocessing context, "
+            f"got {mp_context!r}"
+        )
+    return mp_context
+
+
+def _preload_in_forkserver(backend: Backend) -> None:
+    """Add what a worker imports to what the fork server preloads, so that
+    it forks workers ready to run instead of each importing them anew. Keeps
+    what the program asked for; has no effect once the server runs."""
+    import multiprocessing.forkserver as forkserver
+
+    server = forkserver._forkserver
+    preload = list(getattr(server, "_preload_modules", ["__main__"]))
+    # The worker's side, the backend it unpickles, and AnyIO's module for
+    # it (a fork server skips a module it cannot import).
+    wanted = [
+        "aplex._worker.process",
+        type(backend).__module__,
+        f"anyio._backends._{backend.name}",
+    ]
+    missing = [name for name in wanted if name not in preload]
+    if missing:
+        server.set_forkserver_preload(preload + missing)
 
 
 class ProcessWorkers:

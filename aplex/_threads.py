@@ -19,6 +19,7 @@ from ._worker.messages import ABORT
 from ._worker.serve import serve
 from .backends import Backend, current_backend
 
+# How workers report, to the dispatcher: results by batch, and their exit.
 OnResults = Callable[[int, list[Any]], None]
 OnExit = Callable[[int, BaseException | None], None]
 
@@ -66,6 +67,35 @@ class ThreadChannel:
     def close(self) -> None:
         with self._lock:
             self._closed = True
+
+
+class ThreadKind:
+    """Thread workers, as an executor is composed of them."""
+
+    #: What the worker handles are called: "ThreadWorker-0", ...
+    name = "Thread"
+
+    def start(
+        self,
+        names: list[str],
+        *,
+        backend: Backend,
+        loop_factory: Callable[[], Any] | None,
+        initializer: Callable[..., Any] | None,
+        initargs: tuple[Any, ...],
+        on_results: OnResults,
+        on_exit: OnExit,
+    ) -> ThreadWorkers:
+        """Start one worker thread per name."""
+        return ThreadWorkers(
+            names,
+            backend=backend,
+            loop_factory=loop_factory,
+            initializer=initializer,
+            initargs=initargs,
+            on_results=on_results,
+            on_exit=on_exit,
+        )
 
 
 class ThreadWorkers:

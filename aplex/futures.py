@@ -63,12 +63,18 @@ class ConcurrentFuture(concurrent.futures.Future[T]):
             already ended.
         """
         if self._cancel_interface is None:
-            return self._cancel_now()
+            return self.set_cancelled()
         return self._cancel_interface(self)
 
-    def _cancel_now(self) -> bool:
-        """Mark the future cancelled, running or not; the executor has made
-        sure the work's result will not be set on it."""
+    def set_cancelled(self) -> bool:
+        """Mark the future cancelled, running or not.
+
+        For executors, like :meth:`set_result`: called once the executor has
+        made sure that the work's result will not be set on the future.
+
+        Returns:
+            False if the future had already ended.
+        """
         with self._condition:
             if self._state == RUNNING:
                 self._state = PENDING
@@ -81,16 +87,21 @@ class ConcurrentFuture(concurrent.futures.Future[T]):
 
 
 class _FutureCondition(threading.Condition):
-    """A condition on an RLock that binds no methods when made.
+    """A condition that binds no methods when made.
 
-    ``threading.Condition()`` binds five of its lock's methods onto itself:
-    five more objects per future for the garbage collector to walk, which,
-    at tens of thousands of tiny works, is where a pool's submitting thread
-    spends a third of its time. Same behaviour, methods on the class.
+    ``threading.Condition()`` binds its lock's methods onto itself: more
+    objects per future for the garbage collector to walk, which, at tens of
+    thousands of tiny works, is where a pool's submitting thread spends a
+    third of its time. Same behaviour, methods on the class.
+
+    The lock is a plain Lock, not the RLock ``Future`` uses by default:
+    ``Future`` never takes its condition twice in one thread (callbacks run
+    outside it), and with a plain lock Condition's own ``_release_save``,
+    ``_acquire_restore`` and ``_is_owned`` serve as they are.
     """
 
     def __init__(self) -> None:
-        self._lock = threading.RLock()
+        self._lock = threading.Lock()
         self._waiters: deque[Any] = deque()
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
@@ -98,15 +109,6 @@ class _FutureCondition(threading.Condition):
 
     def release(self) -> None:
         self._lock.release()
-
-    def _release_save(self) -> Any:
-        return self._lock._release_save()  # type: ignore[attr-defined]
-
-    def _acquire_restore(self, state: Any) -> None:
-        self._lock._acquire_restore(state)  # type: ignore[attr-defined]
-
-    def _is_owned(self) -> bool:
-        return self._lock._is_owned()  # type: ignore[attr-defined, no-any-return]
 
 
 class AsyncioFuture(asyncio.Future[T]):

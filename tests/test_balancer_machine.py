@@ -97,7 +97,12 @@ class FakePool:
         self.items: list[list[Any]] = [[] for _ in range(size)]
 
     def put(self, index: int, items: list[Any]) -> None:
-        self.items[index].extend(items)
+        # Recorded as a process worker receives them: a copy of each work,
+        # as the dispatcher lets go of a work's arguments once it has ended.
+        self.items[index].extend(
+            WorkItem(*item.__reduce__()[1]) if isinstance(item, WorkItem) else item
+            for item in items
+        )
 
     def abort(self) -> None:
         pass
@@ -174,7 +179,7 @@ class BalancerMachine(RuleBasedStateMachine):
         self.pool = FakePool(pool_size)
         self.on_results = None
 
-        def start_workers(on_results: Any, on_exit: Any) -> FakePool:
+        def start_workers(*, on_results: Any, on_exit: Any) -> FakePool:
             self.on_results = on_results
             return self.pool
 
