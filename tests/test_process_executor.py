@@ -209,3 +209,29 @@ def test_invalid_mp_context_fails_at_construction():
     with pytest.raises(TypeError, match="mp_context"):
         aplex.ProcessAsyncPoolExecutor(pool_size=1, mp_context=42)
     # No worker was started: the autouse leak check would see it.
+
+
+@pytest.mark.parametrize("method", ["forkserver", "spawn"])
+@pytest.mark.parametrize("worker_backend", ["asyncio", "trio"])
+def test_a_worker_process_loads_only_the_worker_side(method, worker_backend):
+    """Guards the worker side's isolation: a worker process (and the fork
+    server) must not import the front end, whose import every worker's
+    start-up would pay."""
+    with aplex.ProcessAsyncPoolExecutor(
+        pool_size=1, mp_context=method, worker_backend=worker_backend
+    ) as executor:
+        loaded = executor.submit(works.aplex_modules).result(TIMEOUT)
+    assert f"aplex.backends._{worker_backend}" in loaded
+    front_end = {
+        "aplex.executor",
+        "aplex.futures",
+        "aplex.load_balancers",
+        "aplex._dispatch",
+        "aplex._processes",
+        "aplex._threads",
+        "aplex._lifecycle",
+        "aplex._map",
+        "aplex.backends.asyncio",
+        "aplex.backends.trio",
+    }
+    assert front_end.isdisjoint(loaded), sorted(front_end & set(loaded))

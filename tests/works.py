@@ -519,3 +519,10 @@ async def async_shielded_until_set(started, release, value, timeout=30):
             while not release.is_set():
                 await anyio.sleep(0.005)
     return value
+
+
+def aplex_modules():
+    """The aplex modules the worker has loaded."""
+    import sys
+
+    return sorted(name for name in sys.modules if name.split(".")[0] == "aplex")
