@@ -11,7 +11,7 @@ import threading
 
 from aplex import ThreadAsyncPoolExecutor
 from tests import works
-from tests.support import Sticky, T, recording_balancer, wait_until, worker_index
+from tests.support import Sticky, T, recording_balancer, worker_index
 
 # -- load balancing -----------------------------------------------------------
 
@@ -49,7 +49,7 @@ def test_max_works_per_worker_caps_the_works_running_at_once_on_each_worker():
     gauge, release = works.Gauge(), threading.Event()
     with ThreadAsyncPoolExecutor(pool_size=2, max_works_per_worker=2) as executor:
         futures = [executor.submit(works.async_gauged, gauge, i, release) for i in range(9)]
-        wait_until(lambda: gauge.total_running() == 4)
+        gauge.wait_running(4)
         statistics = executor.statistics()
         assert [worker.running for worker in statistics.workers] == [2, 2]
         assert statistics.waiting == 5
@@ -64,7 +64,7 @@ def test_waiting_works_start_in_the_order_they_were_submitted():
     gauge, release = works.Gauge(), threading.Event()
     with ThreadAsyncPoolExecutor(pool_size=1, max_works_per_worker=2) as executor:
         futures = [executor.submit(works.async_gauged, gauge, i, release) for i in range(10)]
-        wait_until(lambda: gauge.total_running() == 2)
+        gauge.wait_running(2)
         release.set()
         for future in futures:
             future.result(T)

@@ -19,7 +19,7 @@ import uvloop
 from aplex import ConcurrentFuture, ThreadAsyncPoolExecutor
 from aplex.load_balancers import RoundRobin, Worker
 from tests import works
-from tests.support import T, new_threads, wait_until, worker_index
+from tests.support import T, new_threads, worker_index
 
 # -- construction: defaults ---------------------------------------------------
 
@@ -59,7 +59,7 @@ def test_default_max_works_per_worker_is_300():
     gauge, release = works.Gauge(), threading.Event()
     with ThreadAsyncPoolExecutor(pool_size=1) as executor:
         futures = [executor.submit(works.async_gauged, gauge, i, release) for i in range(301)]
-        wait_until(lambda: gauge.total_running() == 300)
+        gauge.wait_running(300)
         statistics = executor.statistics()
         assert (statistics.running, statistics.waiting) == (300, 1)
         release.set()
@@ -71,7 +71,7 @@ def test_max_works_per_worker_none_means_no_cap():
     gauge, release = works.Gauge(), threading.Event()
     with ThreadAsyncPoolExecutor(pool_size=1, max_works_per_worker=None) as executor:
         futures = [executor.submit(works.async_gauged, gauge, i, release) for i in range(400)]
-        wait_until(lambda: gauge.total_running() == 400)
+        gauge.wait_running(400)
         assert executor.statistics().waiting == 0
         release.set()
         assert [f.result(T) for f in futures] == list(range(400))

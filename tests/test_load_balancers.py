@@ -16,7 +16,7 @@ import pytest
 from aplex import ThreadAsyncPoolExecutor
 from aplex.load_balancers import Average, LoadBalancer, Random, RoundRobin, Worker
 from tests import works
-from tests.support import wait_until, worker_index
+from tests.support import worker_index
 
 T = 10  # seconds to wait for what should take milliseconds
 
@@ -162,7 +162,7 @@ def test_average_in_an_executor_spreads_running_works_evenly():
     gauge, release = works.Gauge(), threading.Event()
     with ThreadAsyncPoolExecutor(pool_size=2, load_balancer=Average) as executor:
         futures = [executor.submit(works.async_gauged, gauge, i, release) for i in range(4)]
-        wait_until(lambda: gauge.total_running() == 4)
+        gauge.wait_running(4)
         assert [worker.running for worker in executor.statistics().workers] == [2, 2]
         assert sorted(gauge.running.values()) == [2, 2]
         release.set()

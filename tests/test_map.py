@@ -47,7 +47,7 @@ def test_map_runs_the_coroutine_works_of_a_chunk_concurrently_as_one_work():
             chunksize=4,
         )
         # One chunk is one work under the cap, and its four items run at once.
-        wait_until(lambda: gauge.total_running() == 4)
+        gauge.wait_running(4)
         assert executor.statistics().waiting == 1
         release.set()
         assert list(results) == list(range(8))

@@ -334,7 +334,7 @@ class Gauge:
     in which works started."""
 
     def __init__(self):
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
         self.running = {}  # thread name -> works running on it now
         self.peak = {}  # thread name -> most works seen running on it at once
         self.started = []  # tags, in the order the works started
@@ -345,15 +345,19 @@ class Gauge:
             self.running[name] = self.running.get(name, 0) + 1
             self.peak[name] = max(self.peak.get(name, 0), self.running[name])
             self.started.append(tag)
+            self._lock.notify_all()
 
     def leave(self):
         name = threading.current_thread().name
         with self._lock:
             self.running[name] -= 1
+            self._lock.notify_all()
 
-    def total_running(self):
+    def wait_running(self, count, timeout=30):
+        """Wait until ``count`` works run at once, all workers together."""
         with self._lock:
-            return sum(self.running.values())
+            if not self._lock.wait_for(lambda: sum(self.running.values()) == count, timeout):
+                raise AssertionError(f"never saw {count} works running: {self.running}")
 
 
 async def async_gauged(gauge, tag, release, timeout=30):
