@@ -32,7 +32,7 @@ from ._version import __version__
 if TYPE_CHECKING:
     from ._exceptions import AplexWorkerError, RemoteError
     from .backends.asyncio import ProcessAsyncPoolExecutor, ThreadAsyncPoolExecutor
-    from .futures import AsyncioFuture, ConcurrentFuture
+    from .futures import AsyncioFuture, ConcurrentFuture, as_completed
     from .load_balancers import LoadBalancer
 
 __all__ = [
@@ -44,6 +44,7 @@ __all__ = [
     "RemoteError",
     "ThreadAsyncPoolExecutor",
     "__version__",
+    "as_completed",
 ]
 
 # Each exported name, and the module that defines it.
@@ -54,6 +55,7 @@ _exports = {
     "ThreadAsyncPoolExecutor": ".backends.asyncio",
     "AsyncioFuture": ".futures",
     "ConcurrentFuture": ".futures",
+    "as_completed": ".futures",
     "LoadBalancer": ".load_balancers",
 }
 

@@ -91,6 +91,9 @@ class WorkerKind(Protocol):
 
     #: What the worker handles are called: "ThreadWorker-0", ...
     name: str
+    #: Whether the workers run in this process (so a work may be handed
+    #: objects that cannot be pickled, such as the caller's context).
+    in_process: bool
 
     def start(
         self,

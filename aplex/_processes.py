@@ -51,6 +51,7 @@ class ProcessKind:
 
     #: What the worker handles are called: "ProcessWorker-0", ...
     name = "Process"
+    in_process = False
 
     def __init__(self, mp_context: Any = None):
         self._context = _multiprocessing_context(mp_context)

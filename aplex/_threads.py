@@ -74,6 +74,7 @@ class ThreadKind:
 
     #: What the worker handles are called: "ThreadWorker-0", ...
     name = "Thread"
+    in_process = True
 
     def start(
         self,

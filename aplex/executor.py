@@ -34,6 +34,7 @@ executor class spells out its own typed constructor.
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 import os
 import time
@@ -50,7 +51,7 @@ from typing_extensions import ParamSpec, Self
 from ._dispatch import Dispatcher, PoolStatistics, WorkerKind, WorkerStatistics
 from ._exceptions import AplexWorkerError, RemoteError
 from ._lifecycle import next_pool_id, track
-from ._map import MapFeed, iterate, iterate_async
+from ._map import AsyncResults, MapFeed, iterate
 from .backends import get_backend
 from .futures import ConcurrentFuture, wait_future
 from .load_balancers import LoadBalancer
@@ -75,6 +76,7 @@ class MapOptions(TypedDict, total=False):
     chunksize: int
     load_balancing_meta: Any
     buffersize: int | None
+    ordered: bool
 
 
 class AsyncPoolExecutor:
@@ -164,6 +166,7 @@ class AsyncPoolExecutor:
                 initargs=tuple(initargs),
             ),
         )
+        self._in_process = kind.in_process
         track(self._dispatcher)
 
     # -- for the front ends -------------------------------------------------
@@ -182,6 +185,7 @@ class AsyncPoolExecutor:
         chunksize: int,
         load_balancing_meta: Any,
         buffersize: int | None,
+        ordered: bool,
     ) -> tuple[MapFeed, float | None]:
         """Check a ``map`` call and start its feed; return it with its end time."""
         _check_work(work)
@@ -193,14 +197,14 @@ class AsyncPoolExecutor:
         submit_chunk = partial(
             self._dispatcher.submit, work, kwargs={}, meta=load_balancing_meta, chunk=True
         )
-        feed = MapFeed(submit_chunk, zip(*iterables, strict=False), chunksize, buffersize)
+        feed = MapFeed(submit_chunk, zip(*iterables, strict=False), chunksize, buffersize, ordered)
         return feed, end_time
 
     def _map_sync(self, *arguments: Any) -> Iterator[Any]:
         return iterate(*self._map_feed(*arguments))
 
     def _map_async(self, *arguments: Any) -> AsyncIterator[Any]:
-        return iterate_async(*self._map_feed(*arguments))
+        return AsyncResults(*self._map_feed(*arguments))
 
     # -- the API shared by every front end --------------------------------
 
@@ -248,6 +252,12 @@ class AsyncPoolExecutor:
         ``future.cancel()`` does, and unwinds at once, even when the work is
         a running plain function (which then runs to its end in its worker).
 
+        **Context.** On thread workers a plain function runs in a copy of the
+        caller's :mod:`contextvars` context, as with
+        :func:`asyncio.to_thread`; a coroutine work runs in its worker's own
+        context, and so does every work of a process worker (a context
+        cannot be pickled).
+
         Args:
             work: A callable: a coroutine function runs as a task on the
                 worker's loop, a plain function is called on the loop thread.
@@ -261,7 +271,11 @@ class AsyncPoolExecutor:
         Raises:
             Whatever the work raised; and as for ``submit``.
         """
-        return await wait_future(self._submit(work, args, kwargs, load_balancing_meta))
+        _check_work(work)
+        if self._in_process and not inspect.iscoroutinefunction(work):
+            work = partial(contextvars.copy_context().run, work)
+        future = self._dispatcher.submit(work, args, kwargs, load_balancing_meta)
+        return await wait_future(future)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop taking works and free the workers.

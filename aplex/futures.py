@@ -20,7 +20,7 @@ import concurrent.futures
 import threading
 import weakref
 from collections import deque
-from collections.abc import Callable, Generator
+from collections.abc import AsyncIterator, Callable, Generator, Iterable
 from concurrent.futures._base import PENDING, RUNNING
 from functools import partial
 from typing import Any, Generic, TypeVar
@@ -30,8 +30,9 @@ import anyio
 from .backends import current_backend
 
 T = TypeVar("T")
+F = TypeVar("F")
 
-__all__ = ["ConcurrentFuture", "AsyncioFuture", "TrioFuture"]
+__all__ = ["ConcurrentFuture", "AsyncioFuture", "TrioFuture", "as_completed"]
 
 
 class ConcurrentFuture(concurrent.futures.Future[T]):
@@ -118,12 +119,11 @@ class AsyncioFuture(asyncio.Future[T]):
     copied onto ``loop`` from whatever thread the result arrives on.
 
     **Cancellation.** :meth:`cancel`, or cancelling the task awaiting it,
-    cancels the work as :meth:`ConcurrentFuture.cancel` does. When the work is
-    a running plain function, cancel() returns False and asyncio waits for
-    the function to return: a task cancelled meanwhile is cancelled only
-    then, and ``asyncio.wait_for`` (Python 3.11) returns the function's
-    result instead of timing out. To give up at once, await
-    ``executor.run(...)`` instead.
+    cancels the work as :meth:`ConcurrentFuture.cancel` does, and this view
+    ends cancelled at once, as :func:`asyncio.wrap_future`'s does: so
+    ``asyncio.wait_for`` and ``asyncio.timeout`` return on time. A running
+    plain function, which cannot be interrupted, runs on to its end in its
+    worker (its result is dropped); a coroutine work is cancelled there.
 
     Args:
         concurrent_future: The future it follows.
@@ -140,9 +140,16 @@ class AsyncioFuture(asyncio.Future[T]):
         concurrent_future.add_done_callback(self._copy_state_threadsafe)
 
     def cancel(self, msg: Any | None = None) -> bool:
-        """Try to cancel the work; see :meth:`ConcurrentFuture.cancel`."""
-        if self.done() or not self._concurrent_future.cancel():
+        """Cancel the work where it can be, and end this view cancelled.
+
+        Returns:
+            False if the view had already ended, else True.
+        """
+        if self.done():
             return False
+        # Whether the work itself could be stopped does not matter to the
+        # caller, who has stopped waiting for it (asyncio.wrap_future's rule).
+        self._concurrent_future.cancel()
         return super().cancel(msg=msg)
 
     def _copy_state_threadsafe(self, concurrent_future: concurrent.futures.Future[T]) -> None:
@@ -240,6 +247,125 @@ async def wait_future(future: concurrent.futures.Future[T]) -> T:
             future.cancel()
             raise
     return future.result()
+
+
+def as_completed(futures: Iterable[F]) -> AsyncIterator[F]:
+    """Yield the given futures as they complete, from asyncio or trio alike.
+
+    The asynchronous :func:`concurrent.futures.as_completed`: each future is
+    yielded once, when it has ended (result, exception or cancelled), so that
+    ``await future`` (or ``future.result()``) no longer waits. Those already
+    ended come first. Duplicates are yielded once.
+
+    Example::
+
+        futures = [pool.submit(fetch, url) for url in urls]
+        async for future in aplex.as_completed(futures):
+            print(await future)
+
+    Args:
+        futures: :class:`AsyncioFuture` (or any asyncio future of the running
+            loop), :class:`TrioFuture` or :class:`concurrent.futures.Future`
+            objects, mixed as you like.
+
+    **Cancellation.** Cancelling the iterating task stops the iteration and
+    leaves the futures as they are: cancel them yourself if you are done
+    with them. Leaving the loop early needs no ``aclosing``: the iterator
+    holds nothing to clean up.
+
+    Raises:
+        TypeError: Something given is not a future.
+    """
+    return _AsCompleted(futures)
+
+
+class _AsCompleted(AsyncIterator[F]):
+    # A class, not an async generator: one abandoned half-way would be
+    # finalized by the event loop, and trio warns of each.
+
+    def __init__(self, futures: Iterable[F]):
+        self._completions: Completions[F] = Completions()
+        pending = dict.fromkeys(futures)  # in order, without duplicates
+        for future in pending:
+            self._completions.watch(_concurrent_view(future), future)
+        self._left = len(pending)
+
+    async def __anext__(self) -> F:
+        if not self._left:
+            raise StopAsyncIteration
+        future = await self._completions.next_async()
+        self._left -= 1
+        return future
+
+
+def _concurrent_view(future: Any) -> Any:
+    """What to watch for ``future``'s end: anything with add_done_callback."""
+    if isinstance(future, TrioFuture):
+        return future._future
+    if not hasattr(future, "add_done_callback"):
+        raise TypeError(f"as_completed() takes futures, got {future!r}")
+    return future
+
+
+class Completions(Generic[T]):
+    """Items handed out in the order their futures end, to one consumer: a
+    thread (:meth:`next`) or an event loop (:meth:`next_async`).
+
+    Futures may end on any thread; the consumer is woken through a condition,
+    or through its loop's thread-safe call, only while it waits.
+    """
+
+    def __init__(self) -> None:
+        self._ready = threading.Condition(threading.Lock())
+        self._done: deque[T] = deque()
+        self._wake: Callable[[], object] | None = None
+
+    def watch(self, future: Any, item: T) -> None:
+        """Hand out ``item`` once ``future`` has ended."""
+        future.add_done_callback(lambda _: self._put(item))
+
+    def _put(self, item: T) -> None:
+        with self._ready:
+            self._done.append(item)
+            self._ready.notify()
+            wake, self._wake = self._wake, None
+        if wake is not None:
+            wake()
+
+    def next(self, timeout: float | None = None) -> T:
+        """Wait for the next item.
+
+        Raises:
+            TimeoutError: None came within ``timeout`` seconds.
+        """
+        with self._ready:
+            if not self._ready.wait_for(lambda: self._done, timeout):
+                # concurrent.futures' own, as Future.result() raises: on
+                # Python 3.10 it is not yet the built-in TimeoutError.
+                raise concurrent.futures.TimeoutError("no work ended within the timeout")
+            return self._done.popleft()
+
+    async def next_async(self) -> T:
+        """Wait for the next item without blocking the running loop."""
+        call_soon = current_backend().threadsafe_caller()
+        while True:
+            with self._ready:
+                if self._done:
+                    return self._done.popleft()
+                ended = anyio.Event()
+                # Set under the lock that _put() takes, so an item put after
+                # the check above is sure to wake us.
+                self._wake = partial(_call_soon_quietly, call_soon, ended.set)
+            await ended.wait()
+
+
+def _call_soon_quietly(
+    call_soon: Callable[[Callable[[], object]], object], callback: Callable[[], object]
+) -> None:
+    try:
+        call_soon(callback)
+    except RuntimeError:
+        pass  # the loop has ended: nobody waits any more
 
 
 class _Waker:

@@ -7,7 +7,7 @@ kind has its own modules); every wait is bounded, nothing waits by sleeping.
 from __future__ import annotations
 
 import asyncio
-import inspect
+import collections.abc
 import threading
 
 import pytest
@@ -38,10 +38,10 @@ def test_awaitable_map_is_an_async_generator_of_results_in_order():
     async def main():
         async with ThreadAsyncPoolExecutor(pool_size=2, awaitable=True) as executor:
             results = executor.map(works.async_add, range(7), range(7), chunksize=3)
-            assert inspect.isasyncgen(results)
+            assert isinstance(results, collections.abc.AsyncGenerator)
             assert [value async for value in results] == [2 * i for i in range(7)]
             empty = executor.map(works.identity, [])
-            assert inspect.isasyncgen(empty)
+            assert isinstance(empty, collections.abc.AsyncGenerator)
             assert [value async for value in empty] == []
 
     asyncio.run(main())

@@ -22,6 +22,7 @@ import multiprocessing.context
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from typing import Any, Generic, Literal, overload
 
+import sniffio
 from typing_extensions import ParamSpec, TypeVar, Unpack
 
 from .._processes import ProcessKind
@@ -264,16 +265,19 @@ class _AsyncioExecutor(AsyncPoolExecutor, concurrent.futures.Executor, Generic[A
         chunksize: int = 1,
         load_balancing_meta: Any | None = None,
         buffersize: int | None = None,
+        ordered: bool = True,
     ) -> Any:
         """Map ``work`` over the iterables, like :meth:`concurrent.futures.Executor.map`.
 
-        Results come in input order. Argument tuples go to the workers in
-        chunks of ``chunksize``; the coroutine works of a chunk run
-        concurrently on its worker.
+        Results come in input order, or as they complete with
+        ``ordered=False``. Argument tuples go to the workers in chunks of
+        ``chunksize``; the coroutine works of a chunk run concurrently on its
+        worker, and its results come together.
 
         **Cancellation.** When a work raises, its exception is re-raised by
         the iterator and every remaining work is cancelled; so they are when
-        ``timeout`` passes (TimeoutError) or the iterator is closed early.
+        ``timeout`` passes (TimeoutError), or the iterator is closed early or
+        dropped (an async one needs no ``aclosing``).
 
         Args:
             work: The callable, as for :meth:`submit`.
@@ -285,6 +289,8 @@ class _AsyncioExecutor(AsyncPoolExecutor, concurrent.futures.Executor, Generic[A
             buffersize: None submits every chunk now. N keeps at most N
                 chunks in flight and reads the iterables lazily, so they may
                 be endless.
+            ordered: False yields each chunk's results as soon as the chunk
+                completes, whatever its place in the input.
 
         Returns:
             An iterator of the results; with ``awaitable=True``, an async one.
@@ -293,7 +299,7 @@ class _AsyncioExecutor(AsyncPoolExecutor, concurrent.futures.Executor, Generic[A
             ValueError: ``chunksize`` or ``buffersize`` below 1.
             TypeError, RuntimeError, AplexWorkerError: as for :meth:`submit`.
         """
-        arguments = (work, iterables, timeout, chunksize, load_balancing_meta, buffersize)
+        arguments = (work, iterables, timeout, chunksize, load_balancing_meta, buffersize, ordered)
         if self._awaitable:
             return self._map_async(*arguments)
         return self._map_sync(*arguments)
@@ -320,10 +326,24 @@ class _AsyncioExecutor(AsyncPoolExecutor, concurrent.futures.Executor, Generic[A
         try:
             return asyncio.get_running_loop()
         except RuntimeError:
+            pass
+        if _running_library() == "trio":
             raise RuntimeError(
-                "awaitable futures need an event loop: submit from inside a "
-                "running loop, or give one with set_future_loop()"
-            ) from None
+                "this executor's awaitable futures are asyncio futures, and trio is "
+                "running: in trio, use the executors of aplex.backends.trio (their "
+                "futures are awaitable in trio), or await pool.run(...)"
+            )
+        raise RuntimeError(
+            "awaitable futures need an event loop: submit from inside a "
+            "running loop, or give one with set_future_loop()"
+        )
+
+
+def _running_library() -> str | None:
+    try:
+        return sniffio.current_async_library()
+    except sniffio.AsyncLibraryNotFoundError:
+        return None
 
 
 def _check_loop(loop: object) -> None:

@@ -165,16 +165,19 @@ class _TrioExecutor(AsyncPoolExecutor):
         chunksize: int = 1,
         load_balancing_meta: Any | None = None,
         buffersize: int | None = None,
+        ordered: bool = True,
     ) -> Any:
         """Map ``work`` over the iterables, like :meth:`concurrent.futures.Executor.map`.
 
-        Results come in input order. Argument tuples go to the workers in
-        chunks of ``chunksize``; the coroutine works of a chunk run
-        concurrently on its worker.
+        Results come in input order, or as they complete with
+        ``ordered=False``. Argument tuples go to the workers in chunks of
+        ``chunksize``; the coroutine works of a chunk run concurrently on its
+        worker, and its results come together.
 
         **Cancellation.** When a work raises, its exception is re-raised by
         the iterator and every remaining work is cancelled; so they are when
-        ``timeout`` passes (TimeoutError) or the iterator is closed early.
+        ``timeout`` passes (TimeoutError), or the iterator is closed early or
+        dropped (an async one needs no ``aclosing``).
 
         Args:
             work: The callable, as for :meth:`submit`.
@@ -186,6 +189,8 @@ class _TrioExecutor(AsyncPoolExecutor):
             buffersize: None submits every chunk now. N keeps at most N
                 chunks in flight and reads the iterables lazily, so they may
                 be endless.
+            ordered: False yields each chunk's results as soon as the chunk
+                completes, whatever its place in the input.
 
         Returns:
             An async iterator of the results.
@@ -194,7 +199,9 @@ class _TrioExecutor(AsyncPoolExecutor):
             ValueError: ``chunksize`` or ``buffersize`` below 1.
             TypeError, RuntimeError, AplexWorkerError: as for :meth:`submit`.
         """
-        return self._map_async(work, iterables, timeout, chunksize, load_balancing_meta, buffersize)
+        return self._map_async(
+            work, iterables, timeout, chunksize, load_balancing_meta, buffersize, ordered
+        )
 
     def set_future_loop(self, loop: object) -> NoReturn:
         """Not for trio executors: their futures need no loop.
