@@ -7,9 +7,9 @@ clean; ``mistakes.py`` holds planted mistakes, each line tagged
 of its codes, and on no other line.
 
 Both are checked against aplex built into a wheel and installed apart from
-the source tree, as a user gets it: a wheel without ``py.typed`` or without a
-module shows here. The last test checks that mypy finds aplex as this
-environment installed it: in CI, the README's editable install.
+the source tree, as a user gets it; that wheel must hold every module and
+``py.typed``. The last test checks that mypy finds aplex as this environment
+installed it: in CI, the README's editable install.
 
 Select these tests with ``python -m pytest -m typing``.
 """
@@ -186,6 +186,23 @@ def wheel_errors(wheel_site: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     # aplex through it.
     files = [Path(shutil.copy(path, cwd)) for path in (OK, MISTAKES)]
     return _errors(_run_mypy(files, cwd, only_site=wheel_site))
+
+
+def test_the_wheel_ships_every_module_and_py_typed(wheel_site: Path):
+    """What pip installs from the wheel is the whole package: a subpackage left
+    out of pyproject's package list fails every import of it there, while the
+    editable install, which reads the work tree, hides the miss (and mypy
+    silences errors inside an installed package, so the checks below would
+    not show it either)."""
+    package = ROOT / "aplex"
+    wanted = {path.relative_to(ROOT).as_posix() for path in package.rglob("*.py")}
+    wanted.add("aplex/py.typed")
+    shipped = {
+        path.relative_to(wheel_site).as_posix()
+        for path in (wheel_site / "aplex").rglob("*")
+        if path.is_file()
+    }
+    assert wanted <= shipped, f"missing from the wheel: {sorted(wanted - shipped)}"
 
 
 def test_correct_uses_type_check_cleanly(wheel_errors: list[MypyError]):
