@@ -57,3 +57,7 @@ def no_leaked_workers():
 def anyio_backend(request):
     """The caller's event loop for the tests marked ``anyio``."""
     return request.param
+
+
+# User-side code that tests/test_typing.py type-checks: never collected, never run.
+collect_ignore = ["typing"]
