@@ -37,6 +37,7 @@ __all__ = ["ProcessAsyncPoolExecutor", "ThreadAsyncPoolExecutor", "AsyncioBacken
 P = ParamSpec("P")
 R = TypeVar("R")
 T1 = TypeVar("T1")
+T2 = TypeVar("T2")
 #: Whether the executor's futures are awaitable: Literal[True] or Literal[False].
 A = TypeVar("A", bound=bool, default=Literal[False])
 
@@ -184,7 +185,12 @@ class _AsyncioExecutor(AsyncPoolExecutor, concurrent.futures.Executor, Generic[A
 
     # -- map ----------------------------------------------------------------
 
-    @overload
+    # One overload per number of iterables up to two, so that each
+    # iterable's items are checked against the work's parameters; from three
+    # on they go unchecked. Narrower than Executor.map, whose catch-all
+    # would let a single iterable of the wrong items through: hence the
+    # ignore (and with awaitable=True, map is async, on purpose).
+    @overload  # type: ignore[override]
     def map(
         self: _AsyncioExecutor[Literal[False]],
         work: Callable[[T1], Awaitable[R]],
@@ -205,7 +211,30 @@ class _AsyncioExecutor(AsyncPoolExecutor, concurrent.futures.Executor, Generic[A
     @overload
     def map(
         self: _AsyncioExecutor[Literal[False]],
+        work: Callable[[T1, T2], Awaitable[R]],
+        iterable1: Iterable[T1],
+        iterable2: Iterable[T2],
+        /,
+        **options: Unpack[MapOptions],
+    ) -> Iterator[R]: ...
+
+    @overload
+    def map(
+        self: _AsyncioExecutor[Literal[False]],
+        work: Callable[[T1, T2], R],
+        iterable1: Iterable[T1],
+        iterable2: Iterable[T2],
+        /,
+        **options: Unpack[MapOptions],
+    ) -> Iterator[R]: ...
+
+    @overload
+    def map(
+        self: _AsyncioExecutor[Literal[False]],
         work: Callable[..., Awaitable[R]],
+        iterable1: Iterable[Any],
+        iterable2: Iterable[Any],
+        iterable3: Iterable[Any],
         /,
         *iterables: Iterable[Any],
         **options: Unpack[MapOptions],
@@ -215,6 +244,9 @@ class _AsyncioExecutor(AsyncPoolExecutor, concurrent.futures.Executor, Generic[A
     def map(
         self: _AsyncioExecutor[Literal[False]],
         work: Callable[..., R],
+        iterable1: Iterable[Any],
+        iterable2: Iterable[Any],
+        iterable3: Iterable[Any],
         /,
         *iterables: Iterable[Any],
         **options: Unpack[MapOptions],
@@ -241,7 +273,30 @@ class _AsyncioExecutor(AsyncPoolExecutor, concurrent.futures.Executor, Generic[A
     @overload
     def map(
         self: _AsyncioExecutor[Literal[True]],
+        work: Callable[[T1, T2], Awaitable[R]],
+        iterable1: Iterable[T1],
+        iterable2: Iterable[T2],
+        /,
+        **options: Unpack[MapOptions],
+    ) -> AsyncIterator[R]: ...
+
+    @overload
+    def map(
+        self: _AsyncioExecutor[Literal[True]],
+        work: Callable[[T1, T2], R],
+        iterable1: Iterable[T1],
+        iterable2: Iterable[T2],
+        /,
+        **options: Unpack[MapOptions],
+    ) -> AsyncIterator[R]: ...
+
+    @overload
+    def map(
+        self: _AsyncioExecutor[Literal[True]],
         work: Callable[..., Awaitable[R]],
+        iterable1: Iterable[Any],
+        iterable2: Iterable[Any],
+        iterable3: Iterable[Any],
         /,
         *iterables: Iterable[Any],
         **options: Unpack[MapOptions],
@@ -251,6 +306,9 @@ class _AsyncioExecutor(AsyncPoolExecutor, concurrent.futures.Executor, Generic[A
     def map(
         self: _AsyncioExecutor[Literal[True]],
         work: Callable[..., R],
+        iterable1: Iterable[Any],
+        iterable2: Iterable[Any],
+        iterable3: Iterable[Any],
         /,
         *iterables: Iterable[Any],
         **options: Unpack[MapOptions],

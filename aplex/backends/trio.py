@@ -30,6 +30,7 @@ __all__ = ["ProcessAsyncPoolExecutor", "ThreadAsyncPoolExecutor", "TrioBackend"]
 P = ParamSpec("P")
 R = TypeVar("R")
 T1 = TypeVar("T1")
+T2 = TypeVar("T2")
 
 
 class _TrioExecutor(AsyncPoolExecutor):
@@ -120,6 +121,9 @@ class _TrioExecutor(AsyncPoolExecutor):
 
     # -- map ----------------------------------------------------------------
 
+    # One overload per number of iterables up to two, so that each
+    # iterable's items are checked against the work's parameters; from three
+    # on they go unchecked.
     @overload
     def map(
         self,
@@ -141,7 +145,30 @@ class _TrioExecutor(AsyncPoolExecutor):
     @overload
     def map(
         self,
+        work: Callable[[T1, T2], Awaitable[R]],
+        iterable1: Iterable[T1],
+        iterable2: Iterable[T2],
+        /,
+        **options: Unpack[MapOptions],
+    ) -> AsyncIterator[R]: ...
+
+    @overload
+    def map(
+        self,
+        work: Callable[[T1, T2], R],
+        iterable1: Iterable[T1],
+        iterable2: Iterable[T2],
+        /,
+        **options: Unpack[MapOptions],
+    ) -> AsyncIterator[R]: ...
+
+    @overload
+    def map(
+        self,
         work: Callable[..., Awaitable[R]],
+        iterable1: Iterable[Any],
+        iterable2: Iterable[Any],
+        iterable3: Iterable[Any],
         /,
         *iterables: Iterable[Any],
         **options: Unpack[MapOptions],
@@ -151,6 +178,9 @@ class _TrioExecutor(AsyncPoolExecutor):
     def map(
         self,
         work: Callable[..., R],
+        iterable1: Iterable[Any],
+        iterable2: Iterable[Any],
+        iterable3: Iterable[Any],
         /,
         *iterables: Iterable[Any],
         **options: Unpack[MapOptions],

@@ -100,6 +100,7 @@ def sync_executor() -> None:
     assert_type(pool.map(square, [1, 2]), Iterator[int])
     assert_type(pool.map(async_square, range(3)), Iterator[int])
     assert_type(pool.map(add, [1], [2], timeout=1.0, chunksize=2), Iterator[int])
+    assert_type(pool.map(square, [1, 2], ordered=False, buffersize=1), Iterator[int])
     assert_type(ThreadAsyncPoolExecutor(awaitable=False).submit(add, 1, 2), ConcurrentFuture[int])
     pool.shutdown(wait=True, cancel_futures=False)
 
@@ -147,6 +148,11 @@ async def asyncio_executor() -> None:
             assert_type(value, int)
         assert_type(await pool.run(add, 1, 2), int)
         assert_type(await pool.run(async_add, 1, 2), int)
+        assert_type(pool.map(add, [1], [2], ordered=False), AsyncIterator[int])
+        futures = [pool.submit(add, 1, 2), pool.submit(async_add, 3, 4)]
+        async for done in aplex.as_completed(futures):
+            assert_type(done, AsyncioFuture[int])
+            assert_type(await done, int)
 
     async with ProcessAsyncPoolExecutor(awaitable=True) as processes:
         assert_type(processes.submit(async_add, 1, 2), AsyncioFuture[int])
@@ -169,6 +175,8 @@ async def trio_executor() -> None:
         async for value in pool.map(async_square, range(3)):
             assert_type(value, int)
         assert_type(await pool.run(add, 1, 2), int)
+        async for finished in aplex.as_completed([pool.submit(square, 2)]):
+            assert_type(finished, TrioFuture[int])
 
     with aplex_trio.ProcessAsyncPoolExecutor() as processes:
         assert_type(processes.submit(async_add, 1, 2), TrioFuture[int])
