@@ -6,6 +6,7 @@ them by reference.
 
 from __future__ import annotations
 
+import contextvars
 import os
 import threading
 import time
@@ -530,3 +531,25 @@ def aplex_modules():
     import sys
 
     return sorted(name for name in sys.modules if name.split(".")[0] == "aplex")
+
+
+def wait_then_return(event, value, timeout=30):
+    """A plain work that returns ``value`` once the test sets ``event``."""
+    if not event.wait(timeout):
+        raise TimeoutError("the test never set the event")
+    return value
+
+
+async def async_wait_then_return(event, value, timeout=30):
+    """A coroutine work that returns ``value`` once the test sets ``event``
+    (a threading.Event), checking it without blocking its loop."""
+    await async_wait_event(event, timeout)
+    return value
+
+
+#: A context variable the caller sets before run(): what does the work see?
+request_id = contextvars.ContextVar("request_id", default="unset")
+
+
+def read_request_id():
+    return request_id.get()
