@@ -18,7 +18,7 @@ import inspect
 import itertools
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import CancelledError, InvalidStateError
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -43,6 +43,9 @@ class WorkerStatistics:
     index: int
     name: str
     running: int
+    #: Whether its loop was running a plain function (see
+    #: :meth:`~aplex.load_balancers.LoadBalancer.is_blocked`).
+    blocked: bool = False
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,10 @@ class PoolStatistics:
 
 class WorkerPool(Protocol):
     """The parent's side of a pool of workers of one kind (threads, processes)."""
+
+    #: One byte per worker, 1 while its loop runs a plain function; the
+    #: workers write it, the balancer reads it.
+    blocked: memoryview
 
     def put(self, index: int, items: list[Any]) -> None:
         """Send items to worker ``index``; never blocks."""
@@ -190,7 +197,10 @@ class Dispatcher:
         self.workers = tuple(Worker(index, name) for index, name in enumerate(worker_names))
         self._workloads = dict.fromkeys(self.workers, 0)
         self._balancer = load_balancer(
-            list(self.workers), MappingProxyType(self._workloads), max_works_per_worker
+            list(self.workers),
+            MappingProxyType(self._workloads),
+            max_works_per_worker,
+            blocked=_BlockedView(self),
         )
         # Under the lock: a worker that fails at once reports before this
         # assignment would otherwise be made.
@@ -297,10 +307,11 @@ class Dispatcher:
             self._check_open()
 
     def statistics(self) -> PoolStatistics:
+        blocked = self._pool.blocked
         with self._lock:
             return PoolStatistics(
                 workers=tuple(
-                    WorkerStatistics(worker.index, worker.name, load)
+                    WorkerStatistics(worker.index, worker.name, load, bool(blocked[worker.index]))
                     for worker, load in self._workloads.items()
                 ),
                 waiting=len(self._waiting) - self._waiting_cancelled,
@@ -461,6 +472,23 @@ class Dispatcher:
     def _take_settle(self) -> list[tuple[ConcurrentFuture[Any], int, Any]]:
         settle, self._to_settle = self._to_settle, []
         return settle
+
+
+class _BlockedView(Mapping[Worker, bool]):
+    """Which workers are blocked, as the balancer reads it: live, from the
+    bytes the workers write."""
+
+    def __init__(self, dispatcher: Dispatcher):
+        self._dispatcher = dispatcher
+
+    def __getitem__(self, worker: Worker) -> bool:
+        return bool(self._dispatcher._pool.blocked[worker.index])
+
+    def __iter__(self) -> Iterator[Worker]:
+        return iter(self._dispatcher.workers)
+
+    def __len__(self) -> int:
+        return len(self._dispatcher.workers)
 
 
 def _settle(settle: list[tuple[ConcurrentFuture[Any], int, Any]]) -> None:

@@ -133,11 +133,17 @@ class ProcessWorkers:
     ):
         # Pickled once, with cloudpickle: they may be lambdas or closures.
         setup = dumps((backend, loop_factory, initializer, initargs))
+        # Shared memory, handed to each worker at its start: each writes its
+        # own byte while a plain function holds its loop.
+        flags = context.RawArray("B", len(names))
+        self.blocked = memoryview(flags).cast("B")
         self._links = []
         for index, name in enumerate(names):
             parent_end, child_end = context.Pipe(duplex=True)
             process = context.Process(
-                target=run_process_worker, args=(child_end, setup), name=f"aplex-{name}"
+                target=run_process_worker,
+                args=(child_end, setup, flags, index),
+                name=f"aplex-{name}",
             )
             process.start()
             child_end.close()

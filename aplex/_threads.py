@@ -27,7 +27,9 @@ OnExit = Callable[[int, BaseException | None], None]
 class ThreadChannel:
     """A thread worker's mailbox: the parent puts, the worker's loop receives."""
 
-    def __init__(self, deliver: Callable[[list[Any]], None]):
+    def __init__(self, deliver: Callable[[list[Any]], None], blocked: memoryview):
+        #: The endpoint's flag: 1 while the worker's loop runs a plain function.
+        self.blocked = blocked
         self._lock = threading.Lock()
         self._items: list[Any] = []
         self._closed = False
@@ -113,7 +115,11 @@ class ThreadWorkers:
         on_results: OnResults,
         on_exit: OnExit,
     ):
-        self._channels = [ThreadChannel(partial(on_results, index)) for index in range(len(names))]
+        self.blocked = memoryview(bytearray(len(names)))
+        self._channels = [
+            ThreadChannel(partial(on_results, index), self.blocked[index : index + 1])
+            for index in range(len(names))
+        ]
         self._threads = [
             threading.Thread(
                 target=_run_thread_worker,

@@ -59,6 +59,9 @@ class LoadBalancer(abc.ABC):
             read-only view of it, which the executor keeps up to date.
         max_works_per_worker: The most works one worker may run at once;
             None for no limit.
+        blocked: Whether each worker's loop is running a plain function
+            right now (see :meth:`is_blocked`); a live view the executor
+            keeps. None: no worker is ever seen blocked.
     """
 
     def __init__(
@@ -66,12 +69,17 @@ class LoadBalancer(abc.ABC):
         workers: Sequence[Worker],
         workloads: Mapping[Worker, int],
         max_works_per_worker: int | None,
+        *,
+        blocked: Mapping[Worker, bool] | None = None,
     ):
         self._workers = tuple(workers)
         if not isinstance(workloads, MappingProxyType):
             workloads = MappingProxyType(dict(workloads))
         self._workloads: Mapping[Worker, int] = workloads
         self._max_works_per_worker = max_works_per_worker
+        self._blocked: Mapping[Worker, bool] = (
+            MappingProxyType(dict.fromkeys(self._workers, False)) if blocked is None else blocked
+        )
 
     @property
     def workers(self) -> tuple[Worker, ...]:
@@ -97,6 +105,16 @@ class LoadBalancer(abc.ABC):
         limit = self._max_works_per_worker
         return limit is None or self._workloads[worker] < limit
 
+    def is_blocked(self, worker: Worker) -> bool:
+        """Return True while ``worker``'s loop is running a plain function.
+
+        A plain function runs on its worker's loop thread and holds the whole
+        loop until it returns: a work sent to that worker now, even a
+        coroutine work, waits for it. The shipped balancers prefer a worker
+        that is not blocked when one is available.
+        """
+        return self._blocked[worker]
+
     @abc.abstractmethod
     def get_proper_worker(self, load_balancing_meta: Any | None) -> Worker:
         """Return the available worker that gets the next work.
@@ -110,26 +128,36 @@ class LoadBalancer(abc.ABC):
 
 
 class RoundRobin(LoadBalancer):
-    """Each work to the next available worker after the last one chosen."""
+    """Each work to the next available worker after the last one chosen,
+    passing over the blocked ones unless every available worker is."""
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self._next = 0
 
     def get_proper_worker(self, load_balancing_meta: Any | None) -> Worker:
-        """Return the next available worker, in index order, cyclically."""
+        """Return the next available worker that is not blocked, in index
+        order, cyclically; the next available one if all are blocked."""
         workers = self._workers
         workloads = self._workloads
+        blocked = self._blocked
         limit = self._max_works_per_worker
         count = len(workers)
+        fallback = -1
         for offset in range(count):
             position = (self._next + offset) % count
             worker = workers[position]
-            # is_available(), inlined: this runs once per work.
+            # is_available() and is_blocked(), inlined: this runs once per work.
             if limit is None or workloads[worker] < limit:
-                self._next = (position + 1) % count
-                return worker
-        raise RuntimeError("RoundRobin was asked for a worker while none is available")
+                if not blocked[worker]:
+                    self._next = (position + 1) % count
+                    return worker
+                if fallback < 0:
+                    fallback = position
+        if fallback < 0:
+            raise RuntimeError("RoundRobin was asked for a worker while none is available")
+        self._next = (fallback + 1) % count
+        return workers[fallback]
 
 
 class Random(LoadBalancer):
@@ -142,9 +170,14 @@ class Random(LoadBalancer):
 
 class Average(LoadBalancer):
     """Each work to the available worker with the smallest workload (the
-    lowest index among equals), so that workloads stay even."""
+    lowest index among equals), so that workloads stay even; a worker that
+    is not blocked first."""
 
     def get_proper_worker(self, load_balancing_meta: Any | None) -> Worker:
-        """Return an available worker with the minimum workload."""
-        workloads = self.workloads
-        return min(self.get_available_workers(), key=workloads.__getitem__)
+        """Return an available worker with the minimum workload, among those
+        not blocked if there are any."""
+        workloads = self._workloads
+        blocked = self._blocked
+        return min(
+            self.get_available_workers(), key=lambda worker: (blocked[worker], workloads[worker])
+        )

@@ -85,6 +85,7 @@ class Call:
 
     meta: Any
     loads: dict[Worker, int]  # the workloads at call time
+    blocked: dict[Worker, bool]  # is_blocked() of each worker at call time
     returned: Any = None
     raised: BaseException | None = None
 
@@ -95,6 +96,8 @@ class FakePool:
 
     def __init__(self, size: int):
         self.items: list[list[Any]] = [[] for _ in range(size)]
+        # What the workers would write while a plain function holds their loop.
+        self.blocked = memoryview(bytearray(size))
 
     def put(self, index: int, items: list[Any]) -> None:
         # Recorded as a process worker receives them: a copy of each work,
@@ -165,7 +168,8 @@ class BalancerMachine(RuleBasedStateMachine):
                 machine.balancer = self
 
             def get_proper_worker(self, load_balancing_meta: Any | None) -> Worker:
-                call = Call(load_balancing_meta, dict(self.workloads))
+                blocked = {worker: self.is_blocked(worker) for worker in self.workers}
+                call = Call(load_balancing_meta, dict(self.workloads), blocked)
                 machine.calls.append(call)
                 try:
                     call.returned = super().get_proper_worker(load_balancing_meta)
@@ -304,6 +308,14 @@ class BalancerMachine(RuleBasedStateMachine):
         index = data.draw(st.sampled_from(busy), label="worker")
         self.finish(index, [t for t, w in self.model.running.items() if w.worker == index])
 
+    @precondition(lambda self: self.dispatcher is not None)
+    @rule(data=st.data())
+    def block_or_unblock_a_worker(self, data: st.DataObject) -> None:
+        """A worker's loop starts or ends a plain function: only what the
+        balancer sees changes, nothing is sent or ended."""
+        index = data.draw(st.integers(0, len(self.loads) - 1))
+        self.pool.blocked[index] ^= 1
+
     @precondition(lambda self: self.model.waiting)
     @rule(data=st.data())
     def cancel_waiting(self, data: st.DataObject) -> None:
@@ -367,24 +379,33 @@ class BalancerMachine(RuleBasedStateMachine):
             f"get_proper_worker returned {returned.name}, which was not available "
             f"(workloads {[call.loads[w] for w in workers]}, max_works_per_worker={limit})"
         )
+        # The shipped balancers pass over a blocked worker when an available
+        # one is not blocked.
+        unblocked = [worker for worker in free if not call.blocked[worker]]
+        candidates = unblocked or free
         kind = self.contract
+        if kind in (Average, RoundRobin) and unblocked:
+            assert not call.blocked[returned], (
+                f"{kind.__name__} picked the blocked {returned.name} while "
+                f"{[worker.name for worker in unblocked]} were available and not blocked"
+            )
         if kind is Average:
-            least = min(call.loads[worker] for worker in free)
+            least = min(call.loads[worker] for worker in candidates)
             assert call.loads[returned] == least, (
                 f"Average picked {returned.name} with {call.loads[returned]} works, "
                 f"while an available worker had {least}"
             )
         if kind is RoundRobin:
-            # The next available worker after the last one chosen, cyclically.
+            # The next candidate after the last one chosen, cyclically.
             start = 0 if self.rr_last is None else (self.rr_last + 1) % len(workers)
             expected = next(
                 workers[(start + offset) % len(workers)]
                 for offset in range(len(workers))
-                if available(workers[(start + offset) % len(workers)])
+                if workers[(start + offset) % len(workers)] in candidates
             )
             assert returned == expected, f"RoundRobin picked {returned.name}, not {expected.name}"
             self.rr_last = returned.index
-            if len(free) < len(workers):
+            if len(unblocked) < len(workers):
                 self.rr_counts = {}
             else:
                 self.rr_counts[returned.index] = self.rr_counts.get(returned.index, 0) + 1
@@ -404,6 +425,9 @@ class BalancerMachine(RuleBasedStateMachine):
         assert loads == self.loads == balancer_view, (
             f"statistics {loads}, balancer's view {balancer_view}, model {self.loads}"
         )
+        blocked = [bool(flag) for flag in self.pool.blocked]
+        assert [worker.blocked for worker in statistics.workers] == blocked
+        assert [self.balancer.is_blocked(w) for w in self.balancer.workers] == blocked  # type: ignore[union-attr]
         for load in loads:
             assert load >= 0
             assert self.limit is None or load <= self.limit, f"workloads {loads} over the cap"
@@ -471,21 +495,47 @@ def test_every_shipped_balancer_has_a_machine():
     assert shipped <= set(MACHINES), f"no machine for {shipped - set(MACHINES)}"
 
 
+_HUNT = settings(
+    max_examples=200,
+    stateful_step_count=20,
+    database=None,
+    # The first failure is enough: shrinking would only cost time.
+    phases=[Phase.generate],
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+    print_blob=False,
+)
+
+
 def test_machine_catches_a_balancer_that_ignores_availability():
     """Guards against a machine too weak to see a balancer that returns a
     full worker: the dispatcher rejects such a work, and the availability
     invariant must be the one that fails."""
     with pytest.raises(AssertionError, match="which was not available"):
+        run_state_machine_as_test(machine_for(IgnoresAvailability), settings=_HUNT)
+
+
+class RotationBlindToBlocking(LoadBalancer):
+    """RoundRobin as it was before workers reported a blocked loop."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._next = 0
+
+    def get_proper_worker(self, load_balancing_meta: Any | None) -> Worker:
+        count = len(self.workers)
+        for offset in range(count):
+            worker = self.workers[(self._next + offset) % count]
+            if self.is_available(worker):
+                self._next = (worker.index + 1) % count
+                return worker
+        raise AssertionError("unreachable: a worker is available")
+
+
+def test_machine_catches_a_round_robin_that_ignores_blocked_workers():
+    """Guards against a machine too weak to see a balancer that sends works
+    to a worker whose loop a plain function holds, while another is free."""
+    with pytest.raises(AssertionError, match="picked the blocked"):
         run_state_machine_as_test(
-            machine_for(IgnoresAvailability),
-            settings=settings(
-                max_examples=200,
-                stateful_step_count=20,
-                database=None,
-                # The first failure is enough: shrinking would only cost time.
-                phases=[Phase.generate],
-                deadline=None,
-                suppress_health_check=list(HealthCheck),
-                print_blob=False,
-            ),
+            machine_for(RotationBlindToBlocking, contract=RoundRobin), settings=_HUNT
         )

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import threading
 
+import pytest
+
 from aplex import ThreadAsyncPoolExecutor
+from aplex.load_balancers import Average, RoundRobin
 from tests import works
 from tests.support import Sticky, T, recording_balancer, worker_index
 
@@ -69,3 +72,20 @@ def test_waiting_works_start_in_the_order_they_were_submitted():
         for future in futures:
             future.result(T)
     assert gauge.started == list(range(10))
+
+
+@pytest.mark.parametrize("balancer", [RoundRobin, Average])
+def test_the_shipped_balancers_pass_over_a_worker_blocked_by_a_plain_function(balancer):
+    """Guards against the issue's report: RoundRobin sent works to a worker
+    busy with a long plain function while the other worker sat idle."""
+    started, release = threading.Event(), threading.Event()
+    with ThreadAsyncPoolExecutor(pool_size=2, load_balancer=balancer) as executor:
+        blocking = executor.submit(works.mark_then_wait, started, release)
+        assert started.wait(T)
+        statistics = executor.statistics()
+        assert [worker.blocked for worker in statistics.workers] == [True, False]
+        names = [executor.submit(works.thread_name).result(T) for _ in range(4)]
+        assert {worker_index(name) for name in names} == {1}
+        release.set()
+        assert blocking.result(T) == "released"
+    assert not any(worker.blocked for worker in executor.statistics().workers)

@@ -235,3 +235,17 @@ def test_a_worker_process_loads_only_the_worker_side(method, worker_backend):
         "aplex.backends.trio",
     }
     assert front_end.isdisjoint(loaded), sorted(front_end & set(loaded))
+
+
+def test_round_robin_passes_over_a_worker_process_blocked_by_a_plain_function(tmp_path):
+    started, release = tmp_path / "started", tmp_path / "release"
+    with aplex.ProcessAsyncPoolExecutor(pool_size=2) as executor:
+        blocked_pid = executor.submit(works.pid).result(TIMEOUT)  # worker 0, then on to 1
+        free_pid = executor.submit(works.pid).result(TIMEOUT)
+        blocking = executor.submit(works.plain_until_file, str(started), str(release), "done")
+        wait_for_path(started)
+        assert [worker.blocked for worker in executor.statistics().workers] == [True, False]
+        assert {executor.submit(works.pid).result(TIMEOUT) for _ in range(4)} == {free_pid}
+        release.touch()
+        assert blocking.result(TIMEOUT) == "done"
+    assert blocked_pid != free_pid

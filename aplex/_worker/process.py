@@ -30,9 +30,11 @@ _WORKER_GC_THRESHOLD = 50_000
 class _PipeEndpoint:
     """A process worker's end of its pipe, as :func:`serve` reads it."""
 
-    def __init__(self, connection: Any):
+    def __init__(self, connection: Any, blocked: memoryview):
         self._connection = connection
         self._fileno = connection.fileno()
+        #: This worker's byte of the pool's shared flags (see serve.Endpoint).
+        self.blocked = blocked
 
     async def receive(self) -> list[Any]:
         await anyio.wait_readable(self._fileno)
@@ -46,7 +48,7 @@ class _PipeEndpoint:
         self._connection.send_bytes(dumps_results(results))
 
 
-def run_process_worker(connection: Any, setup: bytes) -> None:
+def run_process_worker(connection: Any, setup: bytes, flags: Any, index: int) -> None:
     # Ctrl-C goes to the whole foreground process group; the parent decides
     # what it means for the workers, and stops them itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -57,7 +59,7 @@ def run_process_worker(connection: Any, setup: bytes) -> None:
     # to tune; a thread worker shares its program's collector, left alone.
     gc.set_threshold(_WORKER_GC_THRESHOLD, *gc.get_threshold()[1:])
     _exit_with_parent(connection.fileno())
-    endpoint = _PipeEndpoint(connection)
+    endpoint = _PipeEndpoint(connection, memoryview(flags).cast("B")[index : index + 1])
     try:
         backend, loop_factory, initializer, initargs = loads(setup)
     except BaseException as exc:

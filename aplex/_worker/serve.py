@@ -44,6 +44,10 @@ from .messages import (
 class Endpoint(Protocol):
     """The worker's side of its channel to the parent."""
 
+    #: One byte the parent reads: 1 while the loop runs a plain function,
+    #: which holds the whole loop (the load balancer then looks elsewhere).
+    blocked: memoryview
+
     async def receive(self) -> list[Any]:
         """Wait for the next batch of items from the parent."""
 
@@ -119,6 +123,8 @@ class _Worker:
 
     def _start(self, item: WorkItem) -> None:
         work_id = item.work_id
+        blocked = self._endpoint.blocked
+        blocked[0] = 1
         try:
             if item.chunk:
                 value: Any = _call_chunk(item)
@@ -132,6 +138,8 @@ class _Worker:
         except BaseException as exc:
             self._fail(exc)
             return
+        finally:
+            blocked[0] = 0
         if is_coroutine:
             awaitable = _gather(value) if item.chunk else value
             # Every anyio task has a cancel scope of its own, which its handle
