@@ -7,6 +7,8 @@ worker process can unpickle them without loading the front end.
 from __future__ import annotations
 
 from collections.abc import Callable
+from inspect import CO_COROUTINE
+from types import CodeType
 from typing import Any, NamedTuple
 
 
@@ -73,6 +75,28 @@ class ResultItem(NamedTuple):
     work_id: int
     status: int
     value: Any
+
+
+class TasksStarted(NamedTuple):
+    """These works' calls returned awaitables, which now run as tasks: they
+    can be cancelled. Sent, at the end of a batch of results, only for works
+    whose callable is not a coroutine function (see
+    :func:`is_coroutine_function`): the parent knows those from the start."""
+
+    work_ids: list[int]
+
+
+def is_coroutine_function(fn: Callable[..., Any]) -> bool:
+    """Whether ``fn`` is a coroutine function or a method of one, told by
+    its code alone: cheap enough for a worker to ask of every coroutine work.
+
+    Both sides rely on it: the parent counts a work whose callable it
+    recognises as cancellable from the moment it is sent, and a worker
+    reports in :class:`TasksStarted` every other work that it starts as a
+    task.
+    """
+    code = getattr(fn, "__code__", None)
+    return type(code) is CodeType and bool(code.co_flags & CO_COROUTINE)
 
 
 class WorkerFailure(NamedTuple):
