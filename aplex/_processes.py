@@ -9,7 +9,14 @@ holding up the others. A batch for an idle worker is written by put()
 itself, which saves the thread switch to the feeder.
 
 What runs in the child is :mod:`aplex._worker.process`; items travel
-pickled (see :mod:`aplex._worker.pickling`).
+pickled (see :mod:`aplex._worker.pickling`). The initializer travels the
+same way, and so do its arguments, unless they hold what multiprocessing
+lets a process have only when it starts (a Queue, a Lock, an Event...):
+then they are handed to the process as it starts, as the standard library
+does, inherited or pickled by multiprocessing itself.
+
+Neither thread keeps a batch once it is written or delivered: the works'
+arguments and results would stay alive until the next batch.
 """
 
 from __future__ import annotations
@@ -17,11 +24,18 @@ from __future__ import annotations
 import multiprocessing
 import threading
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 from ._exceptions import ProcessExit
-from ._worker.messages import WorkItem
-from ._worker.pickling import dumps, dumps_works, dumps_works_or_none, loads
+from ._worker.messages import TasksStarted, WorkItem
+from ._worker.pickling import (
+    Pickled,
+    dumps,
+    dumps_initargs,
+    dumps_works,
+    dumps_works_or_none,
+    loads,
+)
 from ._worker.process import run_process_worker
 from .backends import Backend
 
@@ -131,8 +145,9 @@ class ProcessWorkers:
         on_results: OnResults,
         on_exit: OnExit,
     ):
-        # Pickled once, with cloudpickle: they may be lambdas or closures.
-        setup = dumps((backend, loop_factory, initializer, initargs))
+        # Pickled once, as works are: they may be lambdas or closures.
+        setup = dumps((backend, loop_factory, initializer))
+        sent_initargs = dumps_initargs(initargs)
         # Shared memory, handed to each worker at its start: each writes its
         # own byte while a plain function holds its loop.
         flags = context.RawArray("B", len(names))
@@ -142,10 +157,20 @@ class ProcessWorkers:
             parent_end, child_end = context.Pipe(duplex=True)
             process = context.Process(
                 target=run_process_worker,
-                args=(child_end, setup, flags, index),
+                args=(child_end, setup, sent_initargs, flags, index),
                 name=f"aplex-{name}",
             )
-            process.start()
+            try:
+                process.start()
+            except Exception as exc:
+                parent_end.close()
+                child_end.close()
+                if isinstance(sent_initargs, bytes) or isinstance(exc, OSError):
+                    raise
+                raise TypeError(
+                    f"initargs cannot be passed to a worker process "
+                    f"({context.get_start_method()} start method): {exc}"
+                ) from exc
             child_end.close()
             self._links.append(_ProcessLink(index, name, process, parent_end, on_results, on_exit))
 
@@ -215,7 +240,9 @@ class _ProcessLink:
                 self._connection.send_bytes(data)
                 items = []
             elif data is not None:
-                items = [_Pickled(data)]
+                # Too big to write from the caller's thread without risking
+                # to block it: the feeder writes it, pickled already.
+                items = [Pickled(data)]
         except OSError:
             items = []  # the worker is gone: the reader reports it
         with self._lock:
@@ -244,6 +271,7 @@ class _ProcessLink:
                 self._failure = exc
                 _kill(self.process)
                 return
+            del items  # not kept while waiting for the next
             with self._lock:
                 self._writing = False
                 if self._outbox:
@@ -252,7 +280,7 @@ class _ProcessLink:
     def _send(self, items: list[Any]) -> None:
         batch: list[Any] = []
         for item in [*items, None]:
-            if item is not None and type(item) is not _Pickled:
+            if item is not None and type(item) is not Pickled:
                 batch.append(item)
                 continue
             if batch:
@@ -296,9 +324,12 @@ class _ProcessLink:
             except (EOFError, OSError):
                 return  # the worker has exited: _read() reaps it
             results = loads(data)
+            # A worker's report of tasks started ends no work.
+            ended = len(results) - (type(results[-1]) is TasksStarted)
             with self._lock:
-                self._in_flight -= len(results)
+                self._in_flight -= ended
             self._on_results(self.index, results)
+            del data, results  # not kept while waiting for the next
 
     def join(self) -> None:
         if threading.current_thread() is not self._reader:
@@ -310,10 +341,3 @@ def _kill(process: Any) -> None:
         process.kill()
     except ValueError:
         pass  # already reaped and closed by its reader
-
-
-class _Pickled(NamedTuple):
-    """A batch put() pickled but left to the feeder: too big to write from
-    the caller's thread without risking to block it."""
-
-    data: bytes

@@ -249,3 +249,38 @@ def test_round_robin_passes_over_a_worker_process_blocked_by_a_plain_function(tm
         release.touch()
         assert blocking.result(TIMEOUT) == "done"
     assert blocked_pid != free_pid
+
+
+@pytest.mark.parametrize("method", ["fork", "forkserver", "spawn"])
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded")
+def test_initargs_may_hold_multiprocessing_primitives(method):
+    """A Queue, an Event and a Lock reach each worker as the standard
+    library passes them: at process start, not pickled into a message."""
+    context = multiprocessing.get_context(method)
+    queue, event, lock = context.Queue(), context.Event(), context.Lock()
+    with aplex.ProcessAsyncPoolExecutor(
+        pool_size=2,
+        mp_context=context,
+        initializer=works.keep_primitives,
+        # A lambda among them is still sent, by value.
+        initargs=(queue, event, lock, lambda value: value * 2),
+    ) as executor:
+        assert executor.submit(works.use_primitives, 21).result(TIMEOUT) == "done"
+        assert queue.get(timeout=TIMEOUT) == 42
+        assert event.wait(TIMEOUT)
+        # The lock is the parent's own: held here, the worker cannot take it.
+        with lock:
+            assert executor.submit(works.try_primitive_lock).result(TIMEOUT) is False
+        assert executor.submit(works.try_primitive_lock).result(TIMEOUT) is True
+    queue.close()
+    queue.join_thread()
+
+
+def test_initargs_that_cannot_reach_a_worker_fail_at_construction_with_the_reason():
+    # A lock made for fork children, given to spawned ones.
+    lock = multiprocessing.get_context("fork").Lock()
+    with pytest.raises(TypeError, match="initargs cannot be passed.*spawn.*fork context"):
+        aplex.ProcessAsyncPoolExecutor(
+            pool_size=1, mp_context="spawn", initializer=works.keep_primitives, initargs=(lock,)
+        )
+    # No worker was started: the autouse leak check would see it.

@@ -553,3 +553,131 @@ request_id = contextvars.ContextVar("request_id", default="unset")
 
 def read_request_id():
     return request_id.get()
+
+
+# -- references (tests/test_references.py) ------------------------------------
+
+
+class Referent:
+    """An object whose life a test watches: with a weakref in its own
+    process, or, in a worker process, by the file that its ``__del__``
+    writes there (``<marker>-<pid>``; copies freed in the test's own process
+    write one too, which the test ignores)."""
+
+    def __init__(self, marker=None):
+        self.marker = marker
+
+    def method(self):
+        return None
+
+    async def async_method(self):
+        await anyio.lowlevel.checkpoint()
+
+    def __del__(self):
+        if self.marker is not None:
+            _touch(f"{self.marker}-{os.getpid()}")
+
+
+def ignore(*args):
+    return None
+
+
+async def async_ignore(*args):
+    await anyio.lowlevel.checkpoint()
+
+
+def raise_holding(referent):
+    """Raise while this frame, which the traceback keeps, holds ``referent``."""
+    raise ValueError(f"holding {type(referent).__name__}")
+
+
+async def async_raise_holding(referent):
+    await anyio.lowlevel.checkpoint()
+    raise ValueError(f"holding {type(referent).__name__}")
+
+
+def make_referent(marker=None):
+    return Referent(marker)
+
+
+# -- coroutine works and re-entrancy (tests/test_coroutine_works.py,
+# tests/test_reentrancy.py) ----------------------------------------------------
+
+
+class AsyncCallable:
+    """An object whose ``__call__`` is a coroutine function."""
+
+    async def __call__(self, started, cleaned_up, timeout=30):
+        return await async_wait_then_mark(started, cleaned_up, timeout)
+
+
+def returns_coroutine(started, cleaned_up, timeout=30):
+    """A plain function that returns a coroutine: a coroutine work all the
+    same, which the parent learns only from its worker."""
+    return async_wait_then_mark(started, cleaned_up, timeout)
+
+
+def returns_coroutine_of_files(started_path, cleaned_path, timeout=30):
+    """:func:`returns_coroutine` for process workers, with files."""
+    return async_mark_files_until_cancelled(started_path, cleaned_path, timeout)
+
+
+async def async_generator_function():
+    yield 1
+
+
+def touch(path):
+    """A plain work whose only effect is the file it writes."""
+    _touch(path)
+
+
+def returns_asyncio_future(value):
+    """A plain function that returns an awaitable that is not a coroutine."""
+    import asyncio
+
+    future = asyncio.get_running_loop().create_future()
+    future.get_loop().call_soon(future.set_result, value)
+    return future
+
+
+class CallsBack:
+    """An argument whose pickling (``__reduce__``) or freeing (``__del__``)
+    calls into the pool that runs the work: ``on_reduce(pool)`` or
+    ``on_del(pool)``, whose result is recorded in ``seen`` as
+    ``("reduce", result)`` or ``("del", result)``."""
+
+    def __init__(self, pool, seen, on_reduce=None, on_del=None):
+        self.pool, self.seen, self.on_reduce, self.on_del = pool, seen, on_reduce, on_del
+
+    def __reduce__(self):
+        if self.on_reduce is not None:
+            self.seen.append(("reduce", self.on_reduce(self.pool)))
+        return (int, (7,))
+
+    def __del__(self):
+        if self.on_del is not None:
+            self.seen.append(("del", self.on_del(self.pool)))
+
+
+_primitives = None
+
+
+def keep_primitives(*primitives):
+    """An initializer that keeps what multiprocessing passed it."""
+    global _primitives
+    _primitives = primitives
+
+
+def use_primitives(value):
+    queue, event, _lock, double = _primitives
+    queue.put(double(value))
+    event.set()
+    return "done"
+
+
+def try_primitive_lock():
+    lock = _primitives[2]
+    if not lock.acquire(timeout=0.05):
+        return False
+    lock.release()
+    return True

@@ -18,7 +18,7 @@ from typing import Any
 import anyio
 
 from .messages import WorkerFailure
-from .pickling import dumps_results, loads
+from .pickling import dumps_results, loads, loads_initargs
 from .serve import serve
 
 # Allocations between young collections in a worker process (Python's
@@ -48,7 +48,19 @@ class _PipeEndpoint:
         self._connection.send_bytes(dumps_results(results))
 
 
-def run_process_worker(connection: Any, setup: bytes, flags: Any, index: int) -> None:
+def run_process_worker(
+    connection: Any, setup: bytes, initargs: bytes | tuple[Any, ...], flags: Any, index: int
+) -> None:
+    """Serve the parent on ``connection``, its end of the pipe.
+
+    Args:
+        connection: This worker's end of its duplex pipe.
+        setup: The pickled backend, loop factory and initializer.
+        initargs: The initializer's arguments, as
+            :func:`~aplex._worker.pickling.dumps_initargs` made them.
+        flags: The pool's shared flags of blocked workers.
+        index: This worker's place in them.
+    """
     # Ctrl-C goes to the whole foreground process group; the parent decides
     # what it means for the workers, and stops them itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -61,12 +73,13 @@ def run_process_worker(connection: Any, setup: bytes, flags: Any, index: int) ->
     _exit_with_parent(connection.fileno())
     endpoint = _PipeEndpoint(connection, memoryview(flags).cast("B")[index : index + 1])
     try:
-        backend, loop_factory, initializer, initargs = loads(setup)
+        backend, loop_factory, initializer = loads(setup)
+        arguments = loads_initargs(initargs)
     except BaseException as exc:
         endpoint.send([WorkerFailure("initializer", exc)])
         return
     try:
-        backend.run(partial(serve, endpoint, initializer, initargs), loop_factory=loop_factory)
+        backend.run(partial(serve, endpoint, initializer, arguments), loop_factory=loop_factory)
     except (EOFError, OSError):
         pass  # the parent has gone away: nothing left to report to
 
