@@ -6,10 +6,25 @@ worker, the works running on each worker, and the counts behind
 :meth:`Dispatcher.statistics`. Callers (``submit``, ``cancel``, ``shutdown``)
 and the workers' result deliveries meet here, under one lock.
 
-No future is completed under that lock: completing runs the future's
-callbacks, which may call back into the executor. Each locked section
-gathers what it decided into ``self._to_settle``, and the caller settles it
-once the lock is released; the decision, not the settling, fixes the order.
+No user code runs under that lock, except the load balancer's (documented
+as called under it): completing a future runs its callbacks, sending a work
+to a process pickles its arguments (their ``__reduce__``), dropping the last
+reference to a work may run its arguments' ``__del__``, and any of these may
+call back into the executor. Each locked section gathers what it decided
+(futures to settle, items to send, works to let go of), and the caller acts
+on it once the lock is released; the decision, not the acting, fixes the
+order. Items are sent by one thread at a time, in the order they were
+decided: the works sent to one worker keep their order, and a cancel
+request never overtakes its work.
+
+**Cancellation.** A running work can be cancelled when it runs as a task in
+its worker: when its call returned an awaitable. The parent knows that of a
+coroutine function (or a partial of one, or an object whose ``__call__`` is
+one) from the start; of any other work (a lambda or a wrapper returning a
+coroutine), once its worker has reported starting it as a task
+(:class:`~aplex._worker.messages.TasksStarted`, sent with the worker's next
+batch of results). Until then, ``cancel()`` answers False and the work runs
+to its end: the answer is given at once and never contradicted.
 """
 
 from __future__ import annotations
@@ -21,17 +36,29 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import CancelledError, InvalidStateError
 from dataclasses import dataclass
-from types import MappingProxyType
+from functools import partial
+from types import CodeType, MappingProxyType
 from typing import Any, Protocol
 
 from ._exceptions import AplexWorkerError
-from ._worker.messages import CANCELLED, DONE, FAILED, STOP, CancelItem, WorkerFailure, WorkItem
+from ._worker.messages import (
+    CANCELLED,
+    DONE,
+    FAILED,
+    STOP,
+    CancelItem,
+    TasksStarted,
+    WorkerFailure,
+    WorkItem,
+    is_coroutine_function,
+)
 from .backends import Backend
 from .futures import ConcurrentFuture
 from .load_balancers import LoadBalancer, Worker
 
-# _Work.state values.
-_WAITING, _RUNNING, _ENDED = range(3)
+# _Work.state values: waiting in the executor, sent to a worker, known to
+# run there as a task (so cancellable), ended.
+_WAITING, _RUNNING, _TASK, _ENDED = range(4)
 # A settle status of our own, beside the ResultItem ones: the pool broke.
 _BROKEN = -1
 
@@ -151,24 +178,35 @@ class _Work(WorkItem):
         return self._dispatcher._cancel(self, future)
 
     def end(self) -> ConcurrentFuture[Any]:
-        """Mark the work ended; return its future, to be settled.
+        """Mark the work ended (under the lock); return its future, to be
+        settled.
 
-        The work lets go of its future, and of what it was to run: the
-        future still refers to the work (it is its cancel interface), and a
-        future kept by a caller must not keep the work's callable and
-        arguments alive, nor a pool of many tiny works spend its time in
-        the garbage collector walking them.
+        The work lets go of its future here, and of what it was to run once
+        the lock is released (:meth:`release`): the future still refers to
+        the work (it is its cancel interface), and a future kept by a caller
+        must not keep the work's callable and arguments alive, nor a pool of
+        many tiny works spend its time in the garbage collector walking
+        them.
         """
         self.state = _ENDED
         future, self.future = self.future, None
         assert future is not None, "a work ends once"
-        self.fn = self.args = self.kwargs = self.meta = None  # type: ignore[assignment]
+        self._dispatcher._to_release.append(self)
         return future
 
-    def is_coroutine(self) -> bool:
-        """Whether a running work can be cancelled: asked only on cancel,
-        since inspecting the function costs more than the rest of submit."""
-        return _is_coroutine_function(self.fn)
+    def release(self) -> None:
+        """Let go of the callable, arguments and meta of an ended work.
+        Outside the lock: dropping them may run their ``__del__``, which may
+        call back into the executor."""
+        self.fn = self.args = self.kwargs = self.meta = None  # type: ignore[assignment]
+
+
+# What a locked section leaves to do once the lock is released: futures to
+# settle, works to let go of, and items to send (when this thread is to
+# send them).
+_Effects = tuple[
+    list[tuple[ConcurrentFuture[Any], int, Any]], list[_Work], "dict[int, list[Any]] | None"
+]
 
 
 class Dispatcher:
@@ -188,6 +226,11 @@ class Dispatcher:
         self._waiting_cancelled = 0  # cancelled works still in _waiting, skipped when reached
         self._running: dict[int, _Work] = {}
         self._to_settle: list[tuple[ConcurrentFuture[Any], int, Any]] = []
+        self._to_release: list[_Work] = []
+        # Items decided under the lock, by worker index, not yet sent; and
+        # whether a thread is sending them (only one at a time does).
+        self._outbox: dict[int, list[Any]] = {}
+        self._sending = False
         self._completed = self._failed = self._cancelled = 0
         self._shutdown = False
         self._stop_sent = False
@@ -226,59 +269,59 @@ class Dispatcher:
             self._check_open()
             if self._waiting or not self._place(work):
                 self._waiting.append(work)
-            settle = self._take_settle()
-        _settle(settle)
+            effects = self._leave()
+        self._after(effects)
         return future
 
     def _cancel(self, work: _Work, future: ConcurrentFuture[Any]) -> bool:
         if work.state == _ENDED:
             return future.cancelled()
+        # Outside the lock: inspecting a callable may run its own code.
+        is_coroutine = _is_coroutine_function(work.fn)
         with self._lock:
             if work.cancelled:
                 return True
             if work.state == _ENDED:
                 return future.cancelled()
-            if work.state == _RUNNING:
-                if not work.is_coroutine():
-                    return False
-                # The work's slot stays taken until its worker answers.
-                assert work.worker is not None
-                self._pool.put(work.worker.index, [CancelItem(work.work_id)])
-            else:
+            if work.state == _WAITING:
                 work.end()
                 self._waiting_cancelled += 1
                 self._dispatch_waiting()
+            elif work.state == _TASK or is_coroutine:
+                # The work's slot stays taken until its worker answers.
+                assert work.worker is not None
+                self._send_later(work.worker.index, CancelItem(work.work_id))
+            else:
+                return False
             work.cancelled = True
             self._cancelled += 1
-            settle = self._take_settle()
-        _settle(settle)
+            effects = self._leave()
+        self._after(effects)
         return future.set_cancelled()
 
     def shutdown(self, *, wait: bool, cancel_futures: bool) -> None:
         """Take no new works; stop the workers once the works taken have ended."""
-        cancelled: list[_Work] = []
         futures: list[ConcurrentFuture[Any]] = []
+        running: list[_Work] = []
         with self._lock:
             self._shutdown = True
             if cancel_futures and self._broken is None:
                 for work in self._waiting:
                     if not work.cancelled:
                         futures.append(work.end())
-                        cancelled.append(work)
+                        work.cancelled = True
+                        self._cancelled += 1
                 self._waiting.clear()
                 self._waiting_cancelled = 0
-                for work in self._running.values():
-                    if not work.cancelled and work.is_coroutine():
-                        assert work.worker is not None and work.future is not None
-                        self._pool.put(work.worker.index, [CancelItem(work.work_id)])
-                        futures.append(work.future)
-                        cancelled.append(work)
-                for work in cancelled:
-                    work.cancelled = True
-                self._cancelled += len(cancelled)
+                # Nothing waits any more, so nothing starts from now on.
+                running = [work for work in self._running.values() if not work.cancelled]
             self._dispatch_waiting()
+            effects = self._leave()
+        self._after(effects)
         for future in futures:
             future.set_cancelled()
+        if running:
+            self._cancel_running(running)
         if wait:
             self._pool.join()
             # Every worker has reported all it ran before exiting; a work
@@ -286,16 +329,36 @@ class Dispatcher:
             with self._lock:
                 if self._running or self._waiting:
                     self._break(AplexWorkerError("a worker exited without reporting all its works"))
-                settle = self._take_settle()
-            _settle(settle)
+                effects = self._leave()
+            self._after(effects)
+
+    def _cancel_running(self, running: list[_Work]) -> None:
+        """Cancel those of ``running`` that run as tasks (for shutdown)."""
+        # Outside the lock: inspecting a callable may run its own code.
+        coroutines = {work.work_id for work in running if _is_coroutine_function(work.fn)}
+        futures: list[ConcurrentFuture[Any]] = []
+        with self._lock:
+            for work in running:
+                if (
+                    work.state == _TASK or (work.state == _RUNNING and work.work_id in coroutines)
+                ) and not work.cancelled:
+                    assert work.worker is not None and work.future is not None
+                    self._send_later(work.worker.index, CancelItem(work.work_id))
+                    futures.append(work.future)
+                    work.cancelled = True
+                    self._cancelled += 1
+            effects = self._leave()
+        self._after(effects)
+        for future in futures:
+            future.set_cancelled()
 
     def terminate(self) -> None:
         """Break the pool at once: stop every worker, cancel every work."""
         with self._lock:
             self._shutdown = True
             self._break(AplexWorkerError("the pool was terminated"))
-            settle = self._take_settle()
-        _settle(settle)
+            effects = self._leave()
+        self._after(effects)
 
     @property
     def is_shut_down(self) -> bool:
@@ -324,11 +387,17 @@ class Dispatcher:
 
     def _on_results(self, index: int, results: list[Any]) -> None:
         """Take a batch of results from worker ``index`` (on any thread)."""
+        # Dropped results are freed as ``results`` is, once the lock is released.
         with self._lock:
             for result in results:
-                if type(result) is WorkerFailure:
-                    self._break_by(result)
-                    continue
+                kind = type(result)
+                if kind is not tuple:  # the hot path sends plain tuples
+                    if kind is WorkerFailure:
+                        self._break_by(result)
+                        continue
+                    if kind is TasksStarted:
+                        self._tasks_started(result.work_ids)
+                        continue
                 work_id, status, value = result
                 work = self._running.pop(work_id, None)
                 if work is None:
@@ -349,8 +418,14 @@ class Dispatcher:
                     self._failed += 1
                 self._to_settle.append((future, status, value))
             self._dispatch_waiting()
-            settle = self._take_settle()
-        _settle(settle)
+            effects = self._leave()
+        self._after(effects)
+
+    def _tasks_started(self, work_ids: list[int]) -> None:
+        for work_id in work_ids:
+            work = self._running.get(work_id)
+            if work is not None:  # else it has ended already
+                work.state = _TASK
 
     def _on_exit(self, index: int, error: BaseException | None) -> None:
         """Worker ``index`` has exited (on any thread)."""
@@ -364,8 +439,8 @@ class Dispatcher:
                 broken = AplexWorkerError(f"worker {name} exited unexpectedly")
                 broken.__cause__ = error
                 self._break(broken)
-            settle = self._take_settle()
-        _settle(settle)
+            effects = self._leave()
+        self._after(effects)
 
     # -- under the lock --------------------------------------------------
 
@@ -411,8 +486,16 @@ class Dispatcher:
         self._running[work.work_id] = work
         assert work.future is not None  # it is placed before it ends
         work.future.set_running_or_notify_cancel()
-        self._pool.put(worker.index, [work])
+        self._send_later(worker.index, work)
         return True
+
+    def _send_later(self, index: int, item: Any) -> None:
+        """Send ``item`` to worker ``index`` once the lock is released."""
+        items = self._outbox.get(index)
+        if items is None:
+            self._outbox[index] = [item]
+        else:
+            items.append(item)
 
     def _balancer_fault(self, what: str) -> RuntimeError:
         return RuntimeError(f"load balancer {type(self._balancer).__name__} {what}")
@@ -436,7 +519,7 @@ class Dispatcher:
         if self._shutdown and not self._stop_sent and self._broken is None:
             self._stop_sent = True
             for worker in self.workers:
-                self._pool.put(worker.index, [STOP])
+                self._send_later(worker.index, STOP)
 
     def _break_by(self, failure: WorkerFailure) -> None:
         if failure.where == "initializer":
@@ -460,6 +543,8 @@ class Dispatcher:
             if not work.cancelled:
                 self._cancelled += 1
                 self._to_settle.append((future, _BROKEN, broken))
+        # Nothing more goes to the workers, which are stopped here.
+        self._outbox.clear()
         self._waiting.clear()
         self._waiting_cancelled = 0
         self._running.clear()
@@ -469,9 +554,48 @@ class Dispatcher:
         self._stop_sent = True
         self._pool.abort()
 
-    def _take_settle(self) -> list[tuple[ConcurrentFuture[Any], int, Any]]:
+    def _leave(self) -> _Effects:
+        """Take what this locked section leaves to do (see :meth:`_after`)."""
         settle, self._to_settle = self._to_settle, []
-        return settle
+        release: list[_Work] = []
+        if self._to_release:
+            release, self._to_release = self._to_release, []
+        outbox = None
+        if self._outbox and not self._sending:
+            self._sending = True
+            outbox, self._outbox = self._outbox, {}
+        return settle, release, outbox
+
+    def _after(self, effects: _Effects) -> None:
+        """Do, outside the lock, what a locked section left to do."""
+        settle, release, outbox = effects
+        if outbox is not None:
+            self._send(outbox)
+        _settle(settle)
+        for work in release:
+            work.release()
+
+    def _send(self, outbox: dict[int, list[Any]]) -> None:
+        """Send ``outbox``, then whatever other threads leave meanwhile, until
+        nothing is left: they leave it to this thread, the only one sending,
+        so that items go out in the order they were decided in."""
+        put = self._pool.put
+        while True:
+            try:
+                while outbox:
+                    put(*outbox.popitem())
+            except BaseException:
+                with self._lock:  # what is not sent yet goes first next time
+                    for index, items in self._outbox.items():
+                        outbox[index] = outbox.get(index, []) + items
+                    self._outbox = outbox
+                    self._sending = False
+                raise
+            with self._lock:
+                if not self._outbox:
+                    self._sending = False
+                    return
+                outbox, self._outbox = self._outbox, {}
 
 
 class _BlockedView(Mapping[Worker, bool]):
@@ -510,6 +634,37 @@ def _settle(settle: list[tuple[ConcurrentFuture[Any], int, Any]]) -> None:
 
 
 def _is_coroutine_function(fn: Callable[..., Any]) -> bool:
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-        getattr(fn, "__call__", None)  # noqa: B004 (an object with an async __call__)
+    """Whether calling ``fn`` is known to make a coroutine, before it is
+    called: a coroutine function, a partial of one, an object whose
+    ``__call__`` is one. Asked only on cancel, since inspecting the function
+    costs more than the rest of submit; never under the lock, since it may
+    run the callable's own code (a ``__getattr__``)."""
+    return (
+        is_coroutine_function(fn)
+        or inspect.iscoroutinefunction(fn)
+        or inspect.iscoroutinefunction(
+            getattr(fn, "__call__", None)  # noqa: B004 (an object with an async __call__)
+        )
     )
+
+
+def reject_async_generator_function(work: Any) -> None:
+    """Raise TypeError if ``work`` is an async generator function (or a
+    method or partial of one): its call returns an async generator, which is
+    neither a value nor an awaitable, so it cannot be a work.
+
+    Told by the code flag where there is one: ``inspect`` would cost more
+    than the rest of a submit.
+    """
+    code = getattr(work, "__code__", None)
+    if type(code) is CodeType:
+        is_async_generator = bool(code.co_flags & inspect.CO_ASYNC_GENERATOR)
+    else:
+        is_async_generator = type(work) is partial and inspect.isasyncgenfunction(work)
+    if is_async_generator:
+        raise TypeError(
+            f"work must return a value or an awaitable, got the async generator function "
+            f"{work!r}, whose call returns an async generator: iterate it inside a "
+            "coroutine function and submit that, e.g. "
+            "async def collect(): return [item async for item in generate()]"
+        )

@@ -49,7 +49,13 @@ class ThreadChannel:
             wake, self._wake = self._wake, None
             if wake is not None:
                 assert self._call_soon is not None
-                self._call_soon(wake)
+                try:
+                    self._call_soon(wake)
+                except RuntimeError:
+                    # Its loop has closed (it was waiting when it was told to
+                    # stop) and it is exiting: the dispatcher learns it from
+                    # on_exit. A cancel request may well come after a stop.
+                    pass
 
     async def receive(self) -> list[Any]:
         """Wait for items (worker side)."""

@@ -45,10 +45,17 @@ from types import TracebackType
 from typing import Any, TypedDict, TypeVar, overload
 
 import anyio
+import anyio.lowlevel
 import anyio.to_thread
 from typing_extensions import ParamSpec, Self
 
-from ._dispatch import Dispatcher, PoolStatistics, WorkerKind, WorkerStatistics
+from ._dispatch import (
+    Dispatcher,
+    PoolStatistics,
+    WorkerKind,
+    WorkerStatistics,
+    reject_async_generator_function,
+)
 from ._exceptions import AplexWorkerError, RemoteError
 from ._lifecycle import next_pool_id, track
 from ._map import AsyncResults, MapFeed, iterate
@@ -271,6 +278,7 @@ class AsyncPoolExecutor:
         Raises:
             Whatever the work raised; and as for ``submit``.
         """
+        await anyio.lowlevel.checkpoint_if_cancelled()  # a cancelled caller starts nothing
         _check_work(work)
         if self._in_process and not inspect.iscoroutinefunction(work):
             work = partial(contextvars.copy_context().run, work)
@@ -338,6 +346,7 @@ class AsyncPoolExecutor:
 
 
 def _check_work(work: Any) -> None:
+    reject_async_generator_function(work)
     if not callable(work):
         if inspect.iscoroutine(work):
             raise TypeError(

@@ -26,6 +26,7 @@ from functools import partial
 from typing import Any, Generic, TypeVar
 
 import anyio
+import anyio.lowlevel
 
 from .backends import current_backend
 
@@ -186,7 +187,7 @@ class TrioFuture(Generic[T]):
         self._future = concurrent_future
 
     def __await__(self) -> Generator[Any, None, T]:
-        return wait_future(self._future).__await__()
+        return _checkpoint_and_wait(self._future).__await__()
 
     def done(self) -> bool:
         """Return True if the work has ended: result, exception or cancelled."""
@@ -366,6 +367,17 @@ def _call_soon_quietly(
         call_soon(callback)
     except RuntimeError:
         pass  # the loop has ended: nobody waits any more
+
+
+async def _checkpoint_and_wait(future: concurrent.futures.Future[T]) -> T:
+    """Await ``future`` as trio code awaits: a cancelled caller is
+    cancelled at once, and so is the work (trio and AnyIO's convention)."""
+    try:
+        await anyio.lowlevel.checkpoint_if_cancelled()
+    except BaseException:
+        future.cancel()
+        raise
+    return await wait_future(future)
 
 
 class _Waker:

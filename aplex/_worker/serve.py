@@ -6,14 +6,21 @@ batches of items from the parent and takes batches of results back:
 
 * a :class:`~aplex._worker.messages.WorkItem` (anything that is not one of the
   two others) is called at once on the loop thread;
-  if the call returns a coroutine, the coroutine becomes a task in its own
-  cancel scope, so that it can be cancelled alone;
+  if the call returns an awaitable (whatever made it: a coroutine function,
+  a partial, a lambda, an object with an async ``__call__``), the awaitable
+  becomes a task in its own cancel scope, so that it can be cancelled alone,
+  and the parent is told so (see :class:`~aplex._worker.messages.TasksStarted`);
 * a :class:`~aplex._worker.messages.CancelItem` cancels that scope;
 * a :class:`~aplex._worker.messages.StopItem` ends the loop once the running works
   have ended (at once, cancelling them, if it says so).
 
 Results are gathered and sent in one batch per turn of the loop rather than
 one message per work: that is what keeps a process worker's pipe cheap.
+
+Nothing of a work outlives it here: its callable, arguments, result and
+exception are let go of as soon as the result is sent (no batch or last item
+is kept while the worker waits for the next), so that a worker holds no
+stale references, as the standard library's workers do not.
 
 This module imports nothing from the front end, so a worker process loads
 only what it needs.
@@ -23,7 +30,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable
-from types import CoroutineType
+from types import CoroutineType, GeneratorType
 from typing import Any, Protocol
 
 import anyio
@@ -36,8 +43,10 @@ from .messages import (
     FAILED,
     CancelItem,
     StopItem,
+    TasksStarted,
     WorkerFailure,
     WorkItem,
+    is_coroutine_function,
 )
 
 
@@ -71,6 +80,8 @@ class _Worker:
         # The running coroutine works' tasks; None for one being created.
         self._tasks: dict[int, TaskHandle[None] | None] = {}
         self._results: list[Any] = []
+        # Works started as tasks that the parent cannot have known would be.
+        self._started: list[int] = []
         self._results_ready = anyio.Event()
         self._finished = anyio.Event()
         self._stopping = False
@@ -100,26 +111,34 @@ class _Worker:
 
     async def _receive_loop(self) -> None:
         while True:
-            for item in await self._endpoint.receive():
-                kind = type(item)
-                if kind is CancelItem:
-                    task = self._tasks.get(item.work_id)
-                    if task is not None:
-                        task.cancel()
-                elif kind is StopItem:
-                    self._stopping = True
-                    if item.cancel:
-                        for task in self._tasks.values():
-                            if task is not None:
-                                task.cancel()
-                else:
-                    self._start(item)
-                if self._fatal is not None:
-                    return
+            # The batch is handed over, not kept: held here, its works would
+            # stay alive until the next batch arrives.
+            if not self._take(await self._endpoint.receive()):
+                return
             self._flush()
             if self._stopping and not self._tasks:
                 self._finished.set()
                 return
+
+    def _take(self, items: list[Any]) -> bool:
+        """Act on a batch of items; False if a work broke the worker."""
+        for item in items:
+            kind = type(item)
+            if kind is CancelItem:
+                task = self._tasks.get(item.work_id)
+                if task is not None:
+                    task.cancel()
+            elif kind is StopItem:
+                self._stopping = True
+                if item.cancel:
+                    for task in self._tasks.values():
+                        if task is not None:
+                            task.cancel()
+            else:
+                self._start(item)
+            if self._fatal is not None:
+                return False
+        return True
 
     def _start(self, item: WorkItem) -> None:
         work_id = item.work_id
@@ -128,19 +147,23 @@ class _Worker:
         try:
             if item.chunk:
                 value: Any = _call_chunk(item)
-                is_coroutine = any(inspect.iscoroutine(v) for v in value)
+                is_task = any(map(_is_awaitable, value))
             else:
                 value = item.fn(*item.args, **item.kwargs)
-                is_coroutine = isinstance(value, CoroutineType)
+                is_task = _is_awaitable(value)
         except Exception as exc:
             self._results.append((work_id, FAILED, exc))
+            # The exception's traceback holds this frame: not the work too.
+            item = None  # type: ignore[assignment]
             return
         except BaseException as exc:
             self._fail(exc)
             return
         finally:
             blocked[0] = 0
-        if is_coroutine:
+        if is_task:
+            if not is_coroutine_function(item.fn):
+                self._started.append(work_id)
             awaitable = _gather(value) if item.chunk else value
             # Every anyio task has a cancel scope of its own, which its handle
             # cancels: a scope of ours around the work would only double the
@@ -155,9 +178,13 @@ class _Worker:
 
     async def _await_work(self, work_id: int, awaitable: Awaitable[Any]) -> None:
         try:
-            status, value = DONE, await awaitable
+            value = await awaitable
         except Exception as exc:
-            status, value = FAILED, exc
+            # Reported here, so that no local of this frame, which the
+            # exception's traceback holds, refers back to the exception.
+            del self._tasks[work_id]
+            self._report(work_id, FAILED, exc)
+            return
         except self._cancelled_exc:
             task = self._tasks.pop(work_id)
             if self._task_group.cancel_scope.cancel_called:
@@ -171,7 +198,7 @@ class _Worker:
             self._fail(exc)
             return
         del self._tasks[work_id]
-        self._report(work_id, status, value)
+        self._report(work_id, DONE, value)
 
     def _report(self, work_id: int, status: int, value: Any) -> None:
         self._results.append((work_id, status, value))
@@ -194,6 +221,9 @@ class _Worker:
             self._flush()
 
     def _flush(self) -> None:
+        if self._started:
+            self._results.append(TasksStarted(self._started))
+            self._started = []
         if self._results:
             results, self._results = self._results, []
             self._endpoint.send(results)
@@ -210,8 +240,21 @@ def _call_chunk(item: WorkItem) -> list[Any]:
         for value in values:
             if inspect.iscoroutine(value):
                 value.close()
+        # The exception's traceback holds this frame: not the chunk's
+        # arguments and results too.
+        values.clear()
+        item = None  # type: ignore[assignment]
         raise
     return values
+
+
+def _is_awaitable(value: Any) -> bool:
+    """inspect.isawaitable(), quicker for what most works return (a plain
+    value): the worker asks it of every result."""
+    kind = type(value)
+    if kind is CoroutineType or hasattr(kind, "__await__"):
+        return True
+    return kind is GeneratorType and bool(value.gi_code.co_flags & inspect.CO_ITERABLE_COROUTINE)
 
 
 async def _gather(values: list[Any]) -> list[Any]:
@@ -229,7 +272,7 @@ async def _gather(values: list[Any]) -> list[Any]:
 
     async with anyio.create_task_group() as task_group:
         for index, value in enumerate(values):
-            if inspect.iscoroutine(value):
+            if _is_awaitable(value):
                 task_group.start_soon(settle, index, value)
     if first_error:
         raise first_error[0]
