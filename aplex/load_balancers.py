@@ -56,7 +56,8 @@ class LoadBalancer(abc.ABC):
     Args:
         workers: The pool's workers.
         workloads: How many works each worker runs now. The balancer keeps a
-            read-only view of it, which the executor keeps up to date.
+            live, read-only view of this very mapping (not a copy), which its
+            owner keeps up to date: the executor, or a test.
         max_works_per_worker: The most works one worker may run at once;
             None for no limit.
         blocked: Whether each worker's loop is running a plain function
@@ -74,7 +75,9 @@ class LoadBalancer(abc.ABC):
     ):
         self._workers = tuple(workers)
         if not isinstance(workloads, MappingProxyType):
-            workloads = MappingProxyType(dict(workloads))
+            # A view, not a copy: whoever gave the mapping keeps it up to
+            # date (a test may well change the dict it passed).
+            workloads = MappingProxyType(workloads)
         self._workloads: Mapping[Worker, int] = workloads
         self._max_works_per_worker = max_works_per_worker
         self._blocked: Mapping[Worker, bool] = (

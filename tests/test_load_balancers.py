@@ -73,6 +73,22 @@ def test_workers_and_workloads_are_read_only_for_the_balancer():
     assert balancer.workloads == {workers[0]: 0, workers[1]: 1}
 
 
+@pytest.mark.parametrize("balancer_class", [RoundRobin, Average, Random])
+def test_a_balancer_built_on_a_plain_dict_sees_the_changes_made_to_it(balancer_class):
+    """The 1.x way to unit-test a balancer: build it on a dict, change the
+    dict, ask again. The balancer keeps a live view, not a copy."""
+    workers = [Worker(0, "Worker-0"), Worker(1, "Worker-1")]
+    workloads = {workers[0]: 2, workers[1]: 0}
+    balancer = balancer_class(workers, workloads, 2)
+    assert balancer.get_proper_worker(None) is workers[1]
+    workloads[workers[0]], workloads[workers[1]] = 0, 2
+    assert balancer.workloads == workloads
+    assert list(balancer.get_available_workers()) == [workers[0]]
+    assert balancer.get_proper_worker(None) is workers[0]
+    with pytest.raises(TypeError):
+        balancer.workloads[workers[0]] = 1  # a view, read-only
+
+
 def test_a_worker_is_a_small_hashable_handle_with_a_stable_index_and_name():
     worker = Worker(3, "ThreadWorker-3")
     assert (worker.index, worker.name) == (3, "ThreadWorker-3")
