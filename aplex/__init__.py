@@ -17,7 +17,7 @@ asks for it. Where things live:
 * :mod:`aplex.load_balancers`: which worker gets each work;
 * :mod:`aplex.backends`: the event-loop libraries and their registry;
 * private, in the order a work flows: ``_dispatch`` (the parent-side
-  coordinator), ``_threads`` and ``_processes`` (the worker kinds),
+  coordinator), ``_threads``, ``_processes`` and ``_ray`` (the worker kinds),
   ``_worker`` (what runs inside a worker: its loop, its process entry, the
   messages and how they are pickled); ``_exceptions`` holds every error.
 """
@@ -31,7 +31,11 @@ from ._version import __version__
 
 if TYPE_CHECKING:
     from ._exceptions import AplexWorkerError, RemoteError
-    from .backends.asyncio import ProcessAsyncPoolExecutor, ThreadAsyncPoolExecutor
+    from .backends.asyncio import (
+        ProcessAsyncPoolExecutor,
+        RayAsyncPoolExecutor,
+        ThreadAsyncPoolExecutor,
+    )
     from .futures import AsyncioFuture, ConcurrentFuture, as_completed
     from .load_balancers import LoadBalancer
 
@@ -41,6 +45,7 @@ __all__ = [
     "ConcurrentFuture",
     "LoadBalancer",
     "ProcessAsyncPoolExecutor",
+    "RayAsyncPoolExecutor",
     "RemoteError",
     "ThreadAsyncPoolExecutor",
     "__version__",
@@ -52,6 +57,7 @@ _exports = {
     "AplexWorkerError": "._exceptions",
     "RemoteError": "._exceptions",
     "ProcessAsyncPoolExecutor": ".backends.asyncio",
+    "RayAsyncPoolExecutor": ".backends.asyncio",
     "ThreadAsyncPoolExecutor": ".backends.asyncio",
     "AsyncioFuture": ".futures",
     "ConcurrentFuture": ".futures",

@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.systems import PROCESS_PEERS, SYSTEMS, THREAD_PEERS, NotApplicable
+from benchmarks.systems import OPT_IN, PROCESS_PEERS, SYSTEMS, THREAD_PEERS, NotApplicable
 from benchmarks.workloads import SLEEP_S, WORKLOADS, Metric
 
 # Absolute imports: anyio.to_process re-runs this main module by path in its workers.
@@ -67,7 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--rounds", type=int, default=3, help="rounds (default 3)")
     parser.add_argument(
-        "--systems", default=",".join(SYSTEMS), help=f"comma-separated, of: {', '.join(SYSTEMS)}"
+        "--systems",
+        default=",".join(name for name in SYSTEMS if name not in OPT_IN),
+        help=f"comma-separated, of: {', '.join(SYSTEMS)} ({', '.join(OPT_IN)} only when named)",
     )
     parser.add_argument(
         "--workloads",

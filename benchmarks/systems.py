@@ -102,6 +102,20 @@ class AplexThread(AplexProcess):
         return aplex.ThreadAsyncPoolExecutor(pool_size=POOL_SIZE, **options)
 
 
+class AplexRay(AplexProcess):
+    """aplex's Ray executor: a local Ray instance, one actor per worker."""
+
+    label = "aplex ray"
+
+    def make_pool(self, *, concurrency: int | None = None) -> Any:
+        import aplex
+
+        options = {} if concurrency is None else {"max_works_per_worker": None}
+        # A new local instance (not one a stale cluster file names), started
+        # by the pool and shut down with it: start-up includes ray.init.
+        return aplex.RayAsyncPoolExecutor(address="local", pool_size=POOL_SIZE, **options)
+
+
 class AplexTrio(AsyncSystem):
     """aplex's trio front end (process workers running trio), through run()."""
 
@@ -270,6 +284,7 @@ SYSTEMS: dict[str, Callable[[], SyncSystem | AsyncSystem]] = {
     "aplex-process": AplexProcess,
     "aplex-thread": AplexThread,
     "aplex-trio": AplexTrio,
+    "aplex-ray": AplexRay,
     "cf-spawn": lambda: StdlibProcess("spawn"),
     "cf-fork": lambda: StdlibProcess("fork"),
     "cf-thread": StdlibThread,
@@ -292,6 +307,8 @@ PROCESS_PEERS = [
     "anyio-process",
 ]
 THREAD_PEERS = ["cf-thread", "anyio-thread"]
+#: Run only when named: they need an extra (aplex[ray]) and start a cluster per run.
+OPT_IN = ["aplex-ray"]
 
 
 def labels() -> dict[str, str]:

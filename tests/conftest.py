@@ -61,3 +61,20 @@ def anyio_backend(request):
 
 # User-side code that tests/test_typing.py type-checks: never collected, never run.
 collect_ignore = ["typing"]
+
+
+@pytest.fixture(scope="session")
+def ray_instance():
+    """One local Ray instance for every test marked ``ray``.
+
+    Started with ``address="local"``: a stale ``/tmp/ray`` cluster file or
+    ``RAY_ADDRESS`` must not make the tests join a cluster that is gone or
+    someone else's. Executors made with ``address=None`` use it, and leave
+    it running: aplex shuts down only a Ray instance it started. ray.init
+    takes seconds and some 400 MiB, hence once per session.
+    """
+    import ray
+
+    ray.init(address="local", include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()

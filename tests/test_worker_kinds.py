@@ -1,6 +1,6 @@
 """The contract every worker kind keeps, below the executor.
 
-A worker kind (threads, processes) starts workers, takes items for them and
+A worker kind (threads, processes, Ray actors) starts workers, takes items for them and
 reports what they answer through two callbacks; the dispatcher relies on
 nothing else. These tests drive each kind directly, with each worker
 backend, the way the dispatcher does, and check what comes back: so a new
@@ -31,7 +31,14 @@ from aplex.backends import get_backend
 from . import works
 from .support import T, wait_until
 
-KINDS = {"thread": ThreadKind, "process": lambda: ProcessKind("forkserver")}
+
+def _ray_kind():
+    from aplex._ray import RayKind
+
+    return RayKind(address=None, ray_actor_options=None)
+
+
+KINDS = {"thread": ThreadKind, "process": lambda: ProcessKind("forkserver"), "ray": _ray_kind}
 
 
 class Reports:
@@ -77,10 +84,22 @@ class Reports:
         return self.exits[0]
 
 
-@pytest.fixture(params=["thread-asyncio", "thread-trio", "process-asyncio", "process-trio"])
+@pytest.fixture(
+    params=[
+        "thread-asyncio",
+        "thread-trio",
+        "process-asyncio",
+        "process-trio",
+        # Ray's kind needs Ray and the session's instance: with the tests marked ray.
+        pytest.param("ray-asyncio", marks=pytest.mark.ray),
+        pytest.param("ray-trio", marks=pytest.mark.ray),
+    ]
+)
 def start(request):
     """Start one worker of the kind and backend in the test's id."""
     kind_name, backend_name = request.param.split("-")
+    if kind_name == "ray":
+        request.getfixturevalue("ray_instance")
     started = []
 
     def start(initializer=None, initargs=()):

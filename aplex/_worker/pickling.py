@@ -78,45 +78,60 @@ def _drop_tracebacks(exc: BaseException) -> None:
         pending += [current.__cause__, current.__context__]
 
 
-def dumps_works(items: list[Any]) -> tuple[bytes, list[ResultItem]]:
+def dumps_works(items: list[Any], *, main: bool | None = None) -> tuple[bytes, list[ResultItem]]:
     """Pickle a batch for a worker.
+
+    Args:
+        items: The batch.
+        main: Whether the worker has this process's main module (see
+            :func:`dumps`).
 
     Returns:
         The pickled batch, and a failed result for each work that could not
         be pickled (left out of the batch).
     """
-    data = dumps_works_or_none(items)
+    data = dumps_works_or_none(items, main=main)
     if data is not None:
         return data, []
     sendable, failed = [], []
     for item in items:
         try:
-            _cloudpickle(item)
+            _cloudpickle(item, main)
         except Exception as exc:
             failed.append(ResultItem(item.work_id, FAILED, _work_pickling_error(item, exc)))
         else:
             sendable.append(item)
-    return _cloudpickle(sendable), failed
+    return _cloudpickle(sendable, main), failed
 
 
-def dumps_works_or_none(items: list[Any]) -> bytes | None:
+def dumps_works_or_none(items: list[Any], *, main: bool | None = None) -> bytes | None:
     """Pickle a batch for a worker; None if some item cannot be pickled."""
     try:
-        return dumps(items)
+        return dumps(items, main=main)
     except Exception:
         return None
 
 
-def dumps(obj: Any) -> bytes:
+def dumps(obj: Any, *, main: bool | None = None) -> bytes:
     """Pickle ``obj`` for a worker: with the standard pickle if it can be
-    trusted to, else with cloudpickle (see the module doc)."""
+    trusted to, else with cloudpickle (see the module doc).
+
+    Args:
+        obj: What to pickle.
+        main: Whether the worker has this process's main module, so that
+            its functions and classes may go by reference; None for a worker
+            process's answer (:func:`workers_import_main`). A Ray actor has
+            not: False.
+    """
+    if main is None:
+        main = workers_import_main()
     try:
         data = pickle.dumps(obj)
-        if b"__main__" not in data or workers_import_main():
+        if main or b"__main__" not in data:
             return data
     except Exception:
         pass  # a lambda, a closure...: cloudpickle's work
-    return _cloudpickle(obj)
+    return _cloudpickle(obj, main)
 
 
 def workers_import_main() -> bool:
@@ -145,8 +160,12 @@ class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]  # cloudpickle is unt
     main module, which it would send by value: they go by reference, so a
     lambda that calls one of them runs it in the worker's own module."""
 
+    def __init__(self, file: Any, main: bool | None):
+        super().__init__(file, protocol=PROTOCOL)
+        self._main = main
+
     def reducer_override(self, obj: Any) -> Any:
-        if _is_main_global(obj) and workers_import_main():
+        if _is_main_global(obj) and (workers_import_main() if self._main is None else self._main):
             return NotImplemented  # the standard pickle's save_global: by reference
         return super().reducer_override(obj)
 
@@ -160,9 +179,9 @@ def _is_main_global(obj: Any) -> bool:
     return found is obj
 
 
-def _cloudpickle(obj: Any) -> bytes:
+def _cloudpickle(obj: Any, main: bool | None = None) -> bytes:
     with io.BytesIO() as file:
-        _Pickler(file, protocol=PROTOCOL).dump(obj)
+        _Pickler(file, main).dump(obj)
         return file.getvalue()
 
 

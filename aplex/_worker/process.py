@@ -48,6 +48,19 @@ class _PipeEndpoint:
         self._connection.send_bytes(dumps_results(results))
 
 
+def tune_collector() -> None:
+    """Tune the garbage collector of a process that runs only a worker.
+
+    A worker keeps thousands of small objects alive at once (a task and its
+    state per coroutine work), and the young-generation collections that, by
+    default, every 700 allocations trigger end up walking them over and
+    over: half of a coroutine work's cost. A worker process (or a Ray actor's)
+    is ours to tune; a thread worker shares its program's collector, left
+    alone.
+    """
+    gc.set_threshold(_WORKER_GC_THRESHOLD, *gc.get_threshold()[1:])
+
+
 def run_process_worker(
     connection: Any, setup: bytes, initargs: bytes | tuple[Any, ...], flags: Any, index: int
 ) -> None:
@@ -64,12 +77,7 @@ def run_process_worker(
     # Ctrl-C goes to the whole foreground process group; the parent decides
     # what it means for the workers, and stops them itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # A worker keeps thousands of small objects alive at once (a task and
-    # its state per coroutine work), and the young-generation collections
-    # that, by default, every 700 allocations trigger end up walking them
-    # over and over: half of a coroutine work's cost. This process is ours
-    # to tune; a thread worker shares its program's collector, left alone.
-    gc.set_threshold(_WORKER_GC_THRESHOLD, *gc.get_threshold()[1:])
+    tune_collector()
     _exit_with_parent(connection.fileno())
     endpoint = _PipeEndpoint(connection, memoryview(flags).cast("B")[index : index + 1])
     try:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import multiprocessing.context
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any, Generic, Literal, overload
 
 import sniffio
@@ -32,7 +32,12 @@ from ..futures import AsyncioFuture, ConcurrentFuture
 from ..load_balancers import LoadBalancer, RoundRobin
 from ._asyncio import AsyncioBackend
 
-__all__ = ["ProcessAsyncPoolExecutor", "ThreadAsyncPoolExecutor", "AsyncioBackend"]
+__all__ = [
+    "ProcessAsyncPoolExecutor",
+    "RayAsyncPoolExecutor",
+    "ThreadAsyncPoolExecutor",
+    "AsyncioBackend",
+]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -579,6 +584,120 @@ class ProcessAsyncPoolExecutor(_AsyncioExecutor[A]):
         self._start_front_end(awaitable, future_loop)
         super().__init__(
             kind=ProcessKind(mp_context),
+            pool_size=pool_size,
+            max_works_per_worker=max_works_per_worker,
+            load_balancer=load_balancer,
+            worker_loop_factory=worker_loop_factory,
+            worker_backend=worker_backend,
+            initializer=initializer,
+            initargs=initargs,
+        )
+
+
+class RayAsyncPoolExecutor(_AsyncioExecutor[A]):
+    """A pool of Ray actors, each running an event loop with many works at once.
+
+    Each worker is one Ray async actor, anywhere on a Ray cluster, running
+    aplex's own worker loop: the API, the balancing, the cap and the crash
+    semantics are those of :class:`ProcessAsyncPoolExecutor`, and works,
+    arguments and results are pickled the same way. An actor that dies
+    (``ray.kill``, its node lost, ``os._exit`` in a work) is a worker that
+    dies: the executor is broken. Needs Ray: ``pip install "aplex[ray]"``;
+    see :doc:`/ray`.
+
+    **Shutdown.** Stops and kills the pool's actors. A Ray instance that
+    this executor started is shut down with the last pool using it; one
+    that the program initialised is left running.
+
+    Args:
+        address: The Ray cluster, as for ``ray.init(address=...)``. None
+            uses the Ray instance this process has initialised, else calls
+            ``ray.init()``: the cluster ``RAY_ADDRESS`` names, or a new local
+            instance.
+        ray_actor_options: Options for each worker's actor, as Ray's
+            ``.options()`` takes them: resources (``num_cpus``...), a
+            ``runtime_env`` of the actors' own (local modules are shipped
+            with a job-wide one, given to ``ray.init``: see :doc:`/ray`),
+            ``scheduling_strategy`` (``"SPREAD"`` unless given). ``max_restarts`` and
+            ``max_task_retries`` stay 0; ``max_concurrency``,
+            ``concurrency_groups``, ``name``, ``get_if_exists`` and
+            ``lifetime="detached"`` are rejected.
+        pool_size: How many actors; None means ``os.cpu_count()`` of this
+            machine.
+        max_works_per_worker: As for :class:`ThreadAsyncPoolExecutor`.
+        load_balancer: As for :class:`ThreadAsyncPoolExecutor`.
+        awaitable: As for :class:`ThreadAsyncPoolExecutor`.
+        future_loop: As for :class:`ThreadAsyncPoolExecutor`.
+        worker_loop_factory: As for :class:`ThreadAsyncPoolExecutor`; pickled
+            once.
+        worker_backend: As for :class:`ThreadAsyncPoolExecutor`.
+        initializer: As for :class:`ThreadAsyncPoolExecutor`; pickled once.
+        initargs: The initializer's arguments.
+
+    Raises:
+        ImportError: Ray is not installed.
+        ValueError, TypeError: As for :class:`ThreadAsyncPoolExecutor`, and
+            for actor options aplex cannot run with or Ray rejects.
+        RuntimeError: ``address`` is given while this process is already
+            connected to Ray otherwise.
+
+    See :class:`aplex.executor.AsyncPoolExecutor` for shutdown and ``run``.
+    """
+
+    @overload
+    def __init__(
+        self: RayAsyncPoolExecutor[Literal[False]],
+        *,
+        address: str | None = None,
+        ray_actor_options: Mapping[str, Any] | None = None,
+        pool_size: int | None = 4,
+        max_works_per_worker: int | None = 300,
+        load_balancer: type[LoadBalancer] = RoundRobin,
+        awaitable: Literal[False] = False,
+        future_loop: None = None,
+        worker_loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
+        worker_backend: str = "asyncio",
+        initializer: Callable[..., object] | None = None,
+        initargs: Iterable[object] = (),
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self: RayAsyncPoolExecutor[Literal[True]],
+        *,
+        address: str | None = None,
+        ray_actor_options: Mapping[str, Any] | None = None,
+        pool_size: int | None = 4,
+        max_works_per_worker: int | None = 300,
+        load_balancer: type[LoadBalancer] = RoundRobin,
+        awaitable: Literal[True],
+        future_loop: asyncio.AbstractEventLoop | None = None,
+        worker_loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
+        worker_backend: str = "asyncio",
+        initializer: Callable[..., object] | None = None,
+        initargs: Iterable[object] = (),
+    ) -> None: ...
+
+    def __init__(
+        self,
+        *,
+        address: str | None = None,
+        ray_actor_options: Mapping[str, Any] | None = None,
+        pool_size: int | None = 4,
+        max_works_per_worker: int | None = 300,
+        load_balancer: type[LoadBalancer] = RoundRobin,
+        awaitable: bool = False,
+        future_loop: asyncio.AbstractEventLoop | None = None,
+        worker_loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
+        worker_backend: str = "asyncio",
+        initializer: Callable[..., object] | None = None,
+        initargs: Iterable[object] = (),
+    ) -> None:
+        from .._ray import RayKind  # Ray's kind, loaded by Ray executors only
+
+        self._start_front_end(awaitable, future_loop)
+        super().__init__(
+            kind=RayKind(address=address, ray_actor_options=ray_actor_options),
             pool_size=pool_size,
             max_works_per_worker=max_works_per_worker,
             load_balancer=load_balancer,

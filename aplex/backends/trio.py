@@ -13,7 +13,7 @@ iteration or ``run()`` cancels the work in its worker (see
 from __future__ import annotations
 
 import multiprocessing.context
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any, NoReturn, overload
 
 from typing_extensions import ParamSpec, TypeVar, Unpack
@@ -25,7 +25,12 @@ from ..futures import TrioFuture
 from ..load_balancers import LoadBalancer, RoundRobin
 from ._trio import TrioBackend
 
-__all__ = ["ProcessAsyncPoolExecutor", "ThreadAsyncPoolExecutor", "TrioBackend"]
+__all__ = [
+    "ProcessAsyncPoolExecutor",
+    "RayAsyncPoolExecutor",
+    "ThreadAsyncPoolExecutor",
+    "TrioBackend",
+]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -338,6 +343,63 @@ class ProcessAsyncPoolExecutor(_TrioExecutor):
     ) -> None:
         super().__init__(
             kind=ProcessKind(mp_context),
+            pool_size=pool_size,
+            max_works_per_worker=max_works_per_worker,
+            load_balancer=load_balancer,
+            worker_loop_factory=worker_loop_factory,
+            worker_backend=worker_backend,
+            initializer=initializer,
+            initargs=initargs,
+        )
+
+
+class RayAsyncPoolExecutor(_TrioExecutor):
+    """A pool of Ray actors for trio programs; workers run trio by default.
+
+    As :class:`aplex.RayAsyncPoolExecutor`, with trio's futures: each worker
+    is one Ray async actor running aplex's own worker loop. Needs Ray:
+    ``pip install "aplex[ray]"``; see :doc:`/ray`.
+
+    Args:
+        address: As for :class:`aplex.RayAsyncPoolExecutor`.
+        ray_actor_options: As for :class:`aplex.RayAsyncPoolExecutor`.
+        pool_size: How many actors; None means ``os.cpu_count()`` of this
+            machine.
+        max_works_per_worker: As for :class:`ThreadAsyncPoolExecutor`.
+        load_balancer: As for :class:`ThreadAsyncPoolExecutor`.
+        worker_loop_factory: As for :class:`ThreadAsyncPoolExecutor`; pickled
+            once.
+        worker_backend: As for :class:`ThreadAsyncPoolExecutor`.
+        initializer: As for :class:`ThreadAsyncPoolExecutor`; pickled once.
+        initargs: The initializer's arguments.
+
+    Raises:
+        ImportError: Ray is not installed.
+        ValueError, TypeError: As for :class:`ThreadAsyncPoolExecutor`, and
+            for actor options aplex cannot run with or Ray rejects.
+        RuntimeError: ``address`` is given while this process is already
+            connected to Ray otherwise.
+
+    See :class:`aplex.executor.AsyncPoolExecutor` for shutdown and ``run``.
+    """
+
+    def __init__(
+        self,
+        *,
+        address: str | None = None,
+        ray_actor_options: Mapping[str, Any] | None = None,
+        pool_size: int | None = 4,
+        max_works_per_worker: int | None = 300,
+        load_balancer: type[LoadBalancer] = RoundRobin,
+        worker_loop_factory: Callable[[], Any] | None = None,
+        worker_backend: str = "trio",
+        initializer: Callable[..., object] | None = None,
+        initargs: Iterable[object] = (),
+    ) -> None:
+        from .._ray import RayKind  # Ray's kind, loaded by Ray executors only
+
+        super().__init__(
+            kind=RayKind(address=address, ray_actor_options=ray_actor_options),
             pool_size=pool_size,
             max_works_per_worker=max_works_per_worker,
             load_balancer=load_balancer,
