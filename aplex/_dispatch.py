@@ -239,16 +239,18 @@ class Dispatcher:
         self._full_workers = 0  # how many are at the limit: kept, not counted per work
         self.workers = tuple(Worker(index, name) for index, name in enumerate(worker_names))
         self._workloads = dict.fromkeys(self.workers, 0)
+        self._blocked = _BlockedView(self.workers)
         self._balancer = load_balancer(
             list(self.workers),
             MappingProxyType(self._workloads),
             max_works_per_worker,
-            blocked=_BlockedView(self),
+            blocked=self._blocked,
         )
         # Under the lock: a worker that fails at once reports before this
         # assignment would otherwise be made.
         with self._lock:
             self._pool = start_workers(on_results=self._on_results, on_exit=self._on_exit)
+            self._blocked.flags = self._pool.blocked
 
     # -- callers ---------------------------------------------------------
 
@@ -600,19 +602,24 @@ class Dispatcher:
 
 class _BlockedView(Mapping[Worker, bool]):
     """Which workers are blocked, as the balancer reads it: live, from the
-    bytes the workers write."""
+    bytes the workers write (``flags``, set once the workers have started).
 
-    def __init__(self, dispatcher: Dispatcher):
-        self._dispatcher = dispatcher
+    It holds the flags, not the dispatcher: the balancer, which the
+    dispatcher holds, keeps it, and a cycle would leave the pool's shared
+    memory to the garbage collector."""
+
+    def __init__(self, workers: tuple[Worker, ...]):
+        self._workers = workers
+        self.flags = memoryview(bytes(len(workers)))
 
     def __getitem__(self, worker: Worker) -> bool:
-        return bool(self._dispatcher._pool.blocked[worker.index])
+        return bool(self.flags[worker.index])
 
     def __iter__(self) -> Iterator[Worker]:
-        return iter(self._dispatcher.workers)
+        return iter(self._workers)
 
     def __len__(self) -> int:
-        return len(self._dispatcher.workers)
+        return len(self._workers)
 
 
 def _settle(settle: list[tuple[ConcurrentFuture[Any], int, Any]]) -> None:
