@@ -14,6 +14,7 @@ coroutine functions. Shown here:
 from __future__ import annotations
 
 import os
+import sys
 
 import trio
 
@@ -32,8 +33,14 @@ async def stubborn() -> str:
         await trio.sleep(60)
         return "finished"
     finally:
-        # Runs in the worker when the work is cancelled.
-        print(f"  [worker {os.getpid()}] stubborn work cancelled, cleaning up", flush=True)
+        # Runs in the worker when the work is cancelled, at the same time as
+        # the parent goes on: to stderr, so that the two processes' lines
+        # cannot be interleaved on one stream.
+        print(
+            f"  [worker {os.getpid()}] stubborn work cancelled, cleaning up",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 async def main() -> None:
