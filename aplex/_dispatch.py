@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import os
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
@@ -234,6 +235,8 @@ class Dispatcher:
         self._completed = self._failed = self._cancelled = 0
         self._shutdown = False
         self._stop_sent = False
+        self._owner_pid = os.getpid()  # a forked child's copy belongs to this process
+        self._forgotten = False
         self._broken: AplexWorkerError | None = None
         self._limit = max_works_per_worker
         self._full_workers = 0  # how many are at the limit: kept, not counted per work
@@ -362,6 +365,25 @@ class Dispatcher:
             effects = self._leave()
         self._after(effects)
 
+    def forget_after_fork(self) -> None:
+        """Let go of the parent's pool in a forked child; see _lifecycle.
+
+        Called in the child before anything else runs there, so without the
+        lock, which a thread of the parent may have held when it forked and
+        which no thread of the child would ever release. The workers, their
+        threads and the works belong to the parent: the child's copy only
+        refuses new works and shuts down at once. The futures are copies the
+        child has no way to complete: their works run in the parent.
+        """
+        self._lock = threading.Lock()
+        self._pool = _NoWorkers()
+        self._forgotten = True
+        self._shutdown = self._stop_sent = True
+        self._waiting.clear()
+        self._waiting_cancelled = 0
+        self._running.clear()
+        self._to_settle = []
+
     @property
     def is_shut_down(self) -> bool:
         return self._shutdown
@@ -450,6 +472,12 @@ class Dispatcher:
         if self._broken is not None:
             raise self._broken
         if self._shutdown:
+            if self._forgotten:
+                raise RuntimeError(
+                    f"this executor belongs to process {self._owner_pid}, which forked "
+                    "this one: a forked process cannot use its parent's pools (make a new "
+                    "executor here)"
+                )
             raise RuntimeError("cannot take new works after shutdown")
 
     def _has_free_worker(self) -> bool:
@@ -620,6 +648,20 @@ class _BlockedView(Mapping[Worker, bool]):
 
     def __len__(self) -> int:
         return len(self._workers)
+
+
+class _NoWorkers:
+    """The pool of a forked child's copy of a dispatcher: the workers are
+    the parent's, never to be sent to, stopped or waited for from here."""
+
+    def put(self, index: int, items: list[Any]) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+    def join(self) -> None:
+        pass
 
 
 def _settle(settle: list[tuple[ConcurrentFuture[Any], int, Any]]) -> None:

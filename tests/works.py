@@ -681,3 +681,17 @@ def try_primitive_lock():
         return False
     lock.release()
     return True
+
+
+def hold_gil(started_path):
+    """A plain work that holds the GIL for minutes in one C call (a sum over
+    a range runs in C without a bytecode boundary), once it has written
+    ``started_path``: no other thread of its worker runs meanwhile."""
+    _write_file(started_path)
+    return sum(range(10**12))
+
+
+def resubmit_forever(executor):
+    """A plain work that submits itself again, until the executor refuses:
+    keeps the dispatcher's lock busy from the executor's own threads."""
+    executor.submit(resubmit_forever, executor)
