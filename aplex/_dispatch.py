@@ -46,8 +46,11 @@ from ._worker.messages import (
     CANCELLED,
     DONE,
     FAILED,
+    NOT_LOADED,
+    RELOAD,
     STOP,
     CancelItem,
+    LoadFailure,
     TasksStarted,
     WorkerFailure,
     WorkItem,
@@ -376,13 +379,16 @@ class Dispatcher:
         child has no way to complete: their works run in the parent.
         """
         self._lock = threading.Lock()
-        self._pool = _NoWorkers()
+        self._pool = _NoWorkers(len(self.workers))
         self._forgotten = True
         self._shutdown = self._stop_sent = True
         self._waiting.clear()
         self._waiting_cancelled = 0
         self._running.clear()
         self._to_settle = []
+        self._to_release = []
+        self._outbox = {}
+        self._sending = False
 
     @property
     def is_shut_down(self) -> bool:
@@ -426,6 +432,13 @@ class Dispatcher:
                 work = self._running.pop(work_id, None)
                 if work is None:
                     continue  # ended already, with the pool that broke
+                if status == RELOAD:
+                    # Its worker could not load the batch it came in: it
+                    # runs nowhere yet, and goes again (alone, see
+                    # LoadFailure), its slot kept.
+                    self._running[work_id] = work
+                    self._send_later(index, work)
+                    continue
                 assert work.worker is not None
                 load = self._workloads[work.worker]
                 if load == self._limit:
@@ -440,6 +453,8 @@ class Dispatcher:
                     self._cancelled += 1
                 else:
                     self._failed += 1
+                    if status == NOT_LOADED:
+                        value = _load_error(value, work.fn)
                 self._to_settle.append((future, status, value))
             self._dispatch_waiting()
             effects = self._leave()
@@ -654,6 +669,9 @@ class _NoWorkers:
     """The pool of a forked child's copy of a dispatcher: the workers are
     the parent's, never to be sent to, stopped or waited for from here."""
 
+    def __init__(self, size: int):
+        self.blocked = memoryview(bytearray(size))
+
     def put(self, index: int, items: list[Any]) -> None:
         pass
 
@@ -680,6 +698,14 @@ def _settle(settle: list[tuple[ConcurrentFuture[Any], int, Any]]) -> None:
                 future.set_exception(value)
         except InvalidStateError:
             pass  # cancelled by its caller in the meantime
+
+
+def _load_error(failure: LoadFailure, fn: Callable[..., Any]) -> Exception:
+    # Imported here: only process workers' works fail to load, and the
+    # pickling machinery is no thread pool's concern.
+    from ._worker.pickling import load_error
+
+    return load_error(failure, fn)
 
 
 def _is_coroutine_function(fn: Callable[..., Any]) -> bool:

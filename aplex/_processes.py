@@ -39,10 +39,11 @@ from collections.abc import Callable
 from typing import Any
 
 from ._exceptions import ProcessExit
-from ._worker.messages import TasksStarted, WorkItem
+from ._worker.messages import RELOAD, CancelItem, ReloadRequest, StopItem, TasksStarted, WorkItem
 from ._worker.pickling import (
     Pickled,
     dumps,
+    dumps_controls,
     dumps_initargs,
     dumps_works,
     dumps_works_or_none,
@@ -60,6 +61,8 @@ OnExit = Callable[[int, BaseException | None], None]
 # pipe's buffer, so that the write cannot block even if the worker were
 # slow to read. Larger batches go through the feeder thread.
 _DIRECT_WRITE_MAX = 16 * 1024
+
+_CONTROLS = (CancelItem, StopItem)
 
 # Every pool's parent ends and worker processes, for forget_after_fork().
 # A parent end is added before the worker that must not inherit it is
@@ -232,6 +235,9 @@ class _ProcessLink:
         self._writing = False  # by put() or the feeder: one writer at a time
         self._failure: BaseException | None = None  # what broke the feeder or the reader
         self._in_flight = 0  # works sent and not yet answered
+        # Works the worker could not load in a batch with others, to be
+        # sent again each on its own (see LoadFailure).
+        self._alone: set[int] = set()
         self._feeder = threading.Thread(target=self._feed, name=f"aplex-{name}-feeder")
         self._reader = threading.Thread(target=self._read, name=f"aplex-{name}-reader")
         self._feeder.start()
@@ -246,12 +252,21 @@ class _ProcessLink:
             # An idle worker (everything sent to it answered) is waiting on
             # its pipe: write to it at once rather than wake the feeder, which
             # costs a thread switch on every round trip. A busy worker gets
-            # its works through the feeder, which batches them.
-            if self._writing or self._outbox or self._in_flight > works:
+            # its works through the feeder, which batches them. So do works
+            # to be sent alone among others (_send() sets them apart).
+            alone = self._alone
+            if (
+                self._writing
+                or self._outbox
+                or self._in_flight > works
+                or (alone and len(items) > 1)
+            ):
                 self._outbox.extend(items)
                 self._ready.notify()
                 return
             self._writing = True
+        if alone:
+            alone.discard(getattr(items[0], "work_id", -1))  # goes alone now
         try:
             data = dumps_works_or_none(items)
             if data is not None and len(data) <= _DIRECT_WRITE_MAX:
@@ -296,29 +311,45 @@ class _ProcessLink:
                     self._ready.notify()
 
     def _send(self, items: list[Any]) -> None:
-        batch: list[Any] = []
+        # Works and control items go in batches of their own (see
+        # dumps_works_or_none), the works first: a control item is for a
+        # work sent before it, or the last word (stop).
+        works: list[Any] = []
+        controls: list[Any] = []
+        alone = self._alone
         for item in [*items, None]:
-            if item is not None and type(item) is not Pickled:
-                batch.append(item)
-                continue
-            if batch:
-                data, failed = dumps_works(batch)
-                if failed:
-                    with self._lock:
-                        self._in_flight -= len(failed)
-                    self._on_results(self.index, failed)
+            if item is None or type(item) is Pickled:
+                self._send_batch(works, controls)
+                works, controls = [], []
+                if item is not None:
+                    self._connection.send_bytes(item.data)
+            elif isinstance(item, _CONTROLS):
+                controls.append(item)
+            elif alone and item.work_id in alone:
+                alone.discard(item.work_id)
+                self._send_batch([item], [])
+            else:
+                works.append(item)
+
+    def _send_batch(self, works: list[Any], controls: list[Any]) -> None:
+        if works:
+            data, failed = dumps_works(works)
+            if failed:
+                with self._lock:
+                    self._in_flight -= len(failed)
+                self._on_results(self.index, failed)
+            if data is not None:
                 self._connection.send_bytes(data)
-                batch = []
-            if item is not None:
-                self._connection.send_bytes(item.data)
+        if controls:
+            self._connection.send_bytes(dumps_controls(controls))
 
     def _read(self) -> None:
         try:
             self._read_results()
         except BaseException as exc:
-            # A batch that cannot be unpickled (its works cannot be told
-            # apart any more), or a fault of ours: whatever stops the reader
-            # breaks the pool, as its works' results could never arrive.
+            # A fault of ours (a result that cannot be loaded fails its own
+            # work: see LoadFailure): whatever stops the reader breaks the
+            # pool, as its works' results could never arrive.
             self._failure = self._failure or exc
             _kill(self.process)
         self.process.join()
@@ -342,6 +373,11 @@ class _ProcessLink:
             except (EOFError, OSError):
                 return  # the worker has exited: _read() reaps it
             results = loads(data)
+            if type(results) is ReloadRequest:
+                # Answered, for now: the dispatcher sends them again, and
+                # they go alone.
+                self._alone.update(results.ids)
+                results = [(work_id, RELOAD, None) for work_id in results.ids]
             # A worker's report of tasks started ends no work.
             ended = len(results) - (type(results[-1]) is TasksStarted)
             with self._lock:

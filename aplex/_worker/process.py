@@ -26,8 +26,8 @@ from typing import Any
 import anyio
 import sniffio
 
-from .messages import WorkerFailure
-from .pickling import dumps_results, loads, loads_initargs
+from .messages import NOT_LOADED, CancelItem, StopItem, WorkerFailure
+from .pickling import dumps_reload, dumps_results, load_failure, loads, loads_initargs, work_ids
 from .serve import serve
 
 # Allocations between young collections in a worker process (Python's
@@ -43,21 +43,62 @@ _PR_SET_PDEATHSIG = 1
 
 
 class _PipeEndpoint:
-    """A process worker's end of its pipe, as :func:`serve` reads it."""
+    """A process worker's end of its pipe, as :func:`serve` reads it.
+
+    A batch that cannot be loaded (see
+    :class:`~aplex._worker.messages.LoadFailure`) fails its work if it held
+    one; if it held several, each is asked for again alone. Until they are
+    back, the control items that come are held back: a cancel may be for
+    one of them, and a stop must not end the worker before they have run.
+    """
 
     def __init__(self, connection: Any, blocked: memoryview):
         self._connection = connection
         self._fileno = connection.fileno()
         #: This worker's byte of the pool's shared flags (see serve.Endpoint).
         self.blocked = blocked
+        self._reloading: set[int] = set()  # works asked for again
+        self._held: list[Any] = []  # control items held back meanwhile
 
     async def receive(self) -> list[Any]:
         await anyio.wait_readable(self._fileno)
         connection = self._connection
-        items: list[Any] = loads(connection.recv_bytes())
-        while connection.poll():
-            items.extend(loads(connection.recv_bytes()))
+        items: list[Any] = []
+        while True:
+            data = connection.recv_bytes()
+            try:
+                items += loads(data)
+            except Exception as exc:
+                self._not_loaded(data, exc)
+            if not connection.poll():
+                break
+        if self._reloading or self._held:
+            items = self._hold_back(items)
         return items
+
+    def _not_loaded(self, data: bytes, exc: Exception) -> None:
+        ids = work_ids(data)
+        if not ids:
+            raise exc  # control items of aplex's own: a fault, which ends the worker
+        if len(ids) > 1:
+            self._reloading.update(ids)
+            self._connection.send_bytes(dumps_reload(ids))
+        else:
+            self._reloading.discard(ids[0])
+            self.send([(ids[0], NOT_LOADED, load_failure("work", exc))])
+
+    def _hold_back(self, items: list[Any]) -> list[Any]:
+        passed = []
+        for item in items:
+            if isinstance(item, (CancelItem, StopItem)):
+                self._held.append(item)
+            else:
+                self._reloading.discard(item.work_id)
+                passed.append(item)
+        if not self._reloading:
+            passed += self._held
+            self._held = []
+        return passed
 
     def send(self, results: list[Any]) -> None:
         self._connection.send_bytes(dumps_results(results))
