@@ -46,7 +46,6 @@ from ._worker.messages import (
     CANCELLED,
     DONE,
     FAILED,
-    NOT_LOADED,
     RELOAD,
     STOP,
     CancelItem,
@@ -432,13 +431,15 @@ class Dispatcher:
                 work = self._running.pop(work_id, None)
                 if work is None:
                     continue  # ended already, with the pool that broke
-                if status == RELOAD:
-                    # Its worker could not load the batch it came in: it
-                    # runs nowhere yet, and goes again (alone, see
-                    # LoadFailure), its slot kept.
-                    self._running[work_id] = work
-                    self._send_later(index, work)
-                    continue
+                if status > CANCELLED:  # the work, or its result, did not load
+                    if status == RELOAD:
+                        # Its worker could not load the batch it came in: it
+                        # runs nowhere yet, and goes again (alone, see
+                        # LoadFailure), its slot kept.
+                        self._running[work_id] = work
+                        self._send_later(index, work)
+                        continue
+                    value = _load_error(value, work.fn)  # before end() lets go of fn
                 assert work.worker is not None
                 load = self._workloads[work.worker]
                 if load == self._limit:
@@ -453,8 +454,6 @@ class Dispatcher:
                     self._cancelled += 1
                 else:
                     self._failed += 1
-                    if status == NOT_LOADED:
-                        value = _load_error(value, work.fn)
                 self._to_settle.append((future, status, value))
             self._dispatch_waiting()
             effects = self._leave()

@@ -18,7 +18,6 @@ import threading
 import weakref
 
 from ._dispatch import Dispatcher
-from ._processes import forget_after_fork
 
 _pool_ids = itertools.count()
 
@@ -58,11 +57,11 @@ def _forget_pools_after_fork() -> None:
     # A forked process (a fork-start worker, os.fork(), a multiprocessing
     # fork child) has copies of the parent's pools, whose workers, threads
     # and locks are the parent's: its exit must not stop them, and a lock a
-    # parent thread held at the fork would never be released here.
+    # parent thread held at the fork would never be released here. (What
+    # process workers leave in a child, _processes forgets on its own.)
     for dispatcher in list(_live_dispatchers):
         dispatcher.forget_after_fork()
     _live_dispatchers.clear()
-    forget_after_fork()
 
 
 if hasattr(os, "register_at_fork"):  # not on Windows, which cannot fork

@@ -21,7 +21,7 @@ arguments and results would stay alive until the next batch.
 **Fork.** A process forked from the parent (a worker started with
 ``mp_context="fork"``, the program's own ``os.fork()``, a multiprocessing
 fork child) inherits a copy of every parent end of every pool's pipes.
-:func:`forget_after_fork` closes them in the child at once: a worker that
+:func:`_forget_after_fork` closes them in the child at once: a worker that
 held a copy of its own parent end, or of another pool's, would never see the
 parent's death as the end of its pipe.
 """
@@ -64,7 +64,7 @@ _DIRECT_WRITE_MAX = 16 * 1024
 
 _CONTROLS = (CancelItem, StopItem)
 
-# Every pool's parent ends and worker processes, for forget_after_fork().
+# Every pool's parent ends and worker processes, for _forget_after_fork().
 # A parent end is added before the worker that must not inherit it is
 # started, as a fork-start worker is forked from this very process.
 _parent_ends: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -436,7 +436,7 @@ def _death_signal_parent(method: str | None) -> int | None:
     return None
 
 
-def forget_after_fork() -> None:
+def _forget_after_fork() -> None:
     """In a forked child: let go of the parent's worker processes.
 
     Their parent ends are closed (see the module doc); they leave
@@ -477,6 +477,10 @@ def _forget_fork_server() -> None:
             os.close(alive)
         except OSError:
             pass
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which cannot fork
+    os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 def _kill(process: Any) -> None:

@@ -62,6 +62,8 @@ ABORT = StopItem(cancel=True)
 DONE = 0
 FAILED = 1
 CANCELLED = 2
+# Beyond CANCELLED: the work, or its result, did not load (the dispatcher
+# tells them apart with one comparison).
 #: The work, or its result, could not be unpickled where it arrived; the
 #: value is a LoadFailure, which the parent turns into the work's error.
 NOT_LOADED = 3
