@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import os
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
@@ -45,8 +46,10 @@ from ._worker.messages import (
     CANCELLED,
     DONE,
     FAILED,
+    RELOAD,
     STOP,
     CancelItem,
+    LoadFailure,
     TasksStarted,
     WorkerFailure,
     WorkItem,
@@ -234,6 +237,8 @@ class Dispatcher:
         self._completed = self._failed = self._cancelled = 0
         self._shutdown = False
         self._stop_sent = False
+        self._owner_pid = os.getpid()  # a forked child's copy belongs to this process
+        self._forgotten = False
         self._broken: AplexWorkerError | None = None
         self._limit = max_works_per_worker
         self._full_workers = 0  # how many are at the limit: kept, not counted per work
@@ -362,6 +367,28 @@ class Dispatcher:
             effects = self._leave()
         self._after(effects)
 
+    def forget_after_fork(self) -> None:
+        """Let go of the parent's pool in a forked child; see _lifecycle.
+
+        Called in the child before anything else runs there, so without the
+        lock, which a thread of the parent may have held when it forked and
+        which no thread of the child would ever release. The workers, their
+        threads and the works belong to the parent: the child's copy only
+        refuses new works and shuts down at once. The futures are copies the
+        child has no way to complete: their works run in the parent.
+        """
+        self._lock = threading.Lock()
+        self._pool = _NoWorkers(len(self.workers))
+        self._forgotten = True
+        self._shutdown = self._stop_sent = True
+        self._waiting.clear()
+        self._waiting_cancelled = 0
+        self._running.clear()
+        self._to_settle = []
+        self._to_release = []
+        self._outbox = {}
+        self._sending = False
+
     @property
     def is_shut_down(self) -> bool:
         return self._shutdown
@@ -404,6 +431,15 @@ class Dispatcher:
                 work = self._running.pop(work_id, None)
                 if work is None:
                     continue  # ended already, with the pool that broke
+                if status > CANCELLED:  # the work, or its result, did not load
+                    if status == RELOAD:
+                        # Its worker could not load the batch it came in: it
+                        # runs nowhere yet, and goes again (alone, see
+                        # LoadFailure), its slot kept.
+                        self._running[work_id] = work
+                        self._send_later(index, work)
+                        continue
+                    value = _load_error(value, work.fn)  # before end() lets go of fn
                 assert work.worker is not None
                 load = self._workloads[work.worker]
                 if load == self._limit:
@@ -450,6 +486,12 @@ class Dispatcher:
         if self._broken is not None:
             raise self._broken
         if self._shutdown:
+            if self._forgotten:
+                raise RuntimeError(
+                    f"this executor belongs to process {self._owner_pid}, which forked "
+                    "this one: a forked process cannot use its parent's pools (make a new "
+                    "executor here)"
+                )
             raise RuntimeError("cannot take new works after shutdown")
 
     def _has_free_worker(self) -> bool:
@@ -622,6 +664,23 @@ class _BlockedView(Mapping[Worker, bool]):
         return len(self._workers)
 
 
+class _NoWorkers:
+    """The pool of a forked child's copy of a dispatcher: the workers are
+    the parent's, never to be sent to, stopped or waited for from here."""
+
+    def __init__(self, size: int):
+        self.blocked = memoryview(bytearray(size))
+
+    def put(self, index: int, items: list[Any]) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+    def join(self) -> None:
+        pass
+
+
 def _settle(settle: list[tuple[ConcurrentFuture[Any], int, Any]]) -> None:
     """Complete futures as decided under the lock (never under it)."""
     for future, status, value in settle:
@@ -638,6 +697,14 @@ def _settle(settle: list[tuple[ConcurrentFuture[Any], int, Any]]) -> None:
                 future.set_exception(value)
         except InvalidStateError:
             pass  # cancelled by its caller in the meantime
+
+
+def _load_error(failure: LoadFailure, fn: Callable[..., Any]) -> Exception:
+    # Imported here: only process workers' works fail to load, and the
+    # pickling machinery is no thread pool's concern.
+    from ._worker.pickling import load_error
+
+    return load_error(failure, fn)
 
 
 def _is_coroutine_function(fn: Callable[..., Any]) -> bool:

@@ -17,26 +17,39 @@ does, inherited or pickled by multiprocessing itself.
 
 Neither thread keeps a batch once it is written or delivered: the works'
 arguments and results would stay alive until the next batch.
+
+**Fork.** A process forked from the parent (a worker started with
+``mp_context="fork"``, the program's own ``os.fork()``, a multiprocessing
+fork child) inherits a copy of every parent end of every pool's pipes.
+:func:`_forget_after_fork` closes them in the child at once: a worker that
+held a copy of its own parent end, or of another pool's, would never see the
+parent's death as the end of its pipe.
 """
 
 from __future__ import annotations
 
+import importlib
 import multiprocessing
+import multiprocessing.process
+import os
+import sys
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any
 
 from ._exceptions import ProcessExit
-from ._worker.messages import TasksStarted, WorkItem
+from ._worker.messages import RELOAD, CancelItem, ReloadRequest, StopItem, TasksStarted, WorkItem
 from ._worker.pickling import (
     Pickled,
     dumps,
+    dumps_controls,
     dumps_initargs,
     dumps_works,
     dumps_works_or_none,
     loads,
 )
-from ._worker.process import run_process_worker
+from ._worker.process import FORK_SERVER, run_process_worker
 from .backends import Backend
 
 # How workers report, to the dispatcher: results by batch, and their exit.
@@ -48,6 +61,14 @@ OnExit = Callable[[int, BaseException | None], None]
 # pipe's buffer, so that the write cannot block even if the worker were
 # slow to read. Larger batches go through the feeder thread.
 _DIRECT_WRITE_MAX = 16 * 1024
+
+_CONTROLS = (CancelItem, StopItem)
+
+# Every pool's parent ends and worker processes, for _forget_after_fork().
+# A parent end is added before the worker that must not inherit it is
+# started, as a fork-start worker is forked from this very process.
+_parent_ends: weakref.WeakSet[Any] = weakref.WeakSet()
+_worker_processes: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 class ProcessKind:
@@ -118,14 +139,8 @@ def _preload_in_forkserver(backend: Backend) -> None:
 
     server = forkserver._forkserver
     preload = list(getattr(server, "_preload_modules", ["__main__"]))
-    # The worker's side, the backend it unpickles, and AnyIO's module for
-    # it (a fork server skips a module it cannot import).
-    wanted = [
-        "aplex._worker.process",
-        type(backend).__module__,
-        f"anyio._backends._{backend.name}",
-    ]
-    missing = [name for name in wanted if name not in preload]
+    # A fork server skips a module it cannot import.
+    missing = [name for name in _worker_modules(backend) if name not in preload]
     if missing:
         server.set_forkserver_preload(preload + missing)
 
@@ -152,12 +167,17 @@ class ProcessWorkers:
         # own byte while a plain function holds its loop.
         flags = context.RawArray("B", len(names))
         self.blocked = memoryview(flags).cast("B")
+        method = getattr(context, "get_start_method", lambda: None)()
+        if method == "fork":
+            _import_before_fork(backend)
+        os_parent = _death_signal_parent(method)
         self._links = []
         for index, name in enumerate(names):
             parent_end, child_end = context.Pipe(duplex=True)
+            _parent_ends.add(parent_end)
             process = context.Process(
                 target=run_process_worker,
-                args=(child_end, setup, sent_initargs, flags, index),
+                args=(child_end, setup, sent_initargs, flags, index, os_parent),
                 name=f"aplex-{name}",
             )
             try:
@@ -171,6 +191,7 @@ class ProcessWorkers:
                     f"initargs cannot be passed to a worker process "
                     f"({context.get_start_method()} start method): {exc}"
                 ) from exc
+            _worker_processes.add(process)
             child_end.close()
             self._links.append(_ProcessLink(index, name, process, parent_end, on_results, on_exit))
 
@@ -214,6 +235,9 @@ class _ProcessLink:
         self._writing = False  # by put() or the feeder: one writer at a time
         self._failure: BaseException | None = None  # what broke the feeder or the reader
         self._in_flight = 0  # works sent and not yet answered
+        # Works the worker could not load in a batch with others, to be
+        # sent again each on its own (see LoadFailure).
+        self._alone: set[int] = set()
         self._feeder = threading.Thread(target=self._feed, name=f"aplex-{name}-feeder")
         self._reader = threading.Thread(target=self._read, name=f"aplex-{name}-reader")
         self._feeder.start()
@@ -228,12 +252,21 @@ class _ProcessLink:
             # An idle worker (everything sent to it answered) is waiting on
             # its pipe: write to it at once rather than wake the feeder, which
             # costs a thread switch on every round trip. A busy worker gets
-            # its works through the feeder, which batches them.
-            if self._writing or self._outbox or self._in_flight > works:
+            # its works through the feeder, which batches them. So do works
+            # to be sent alone among others (_send() sets them apart).
+            alone = self._alone
+            if (
+                self._writing
+                or self._outbox
+                or self._in_flight > works
+                or (alone and len(items) > 1)
+            ):
                 self._outbox.extend(items)
                 self._ready.notify()
                 return
             self._writing = True
+        if alone:
+            alone.discard(getattr(items[0], "work_id", -1))  # goes alone now
         try:
             data = dumps_works_or_none(items)
             if data is not None and len(data) <= _DIRECT_WRITE_MAX:
@@ -278,29 +311,45 @@ class _ProcessLink:
                     self._ready.notify()
 
     def _send(self, items: list[Any]) -> None:
-        batch: list[Any] = []
+        # Works and control items go in batches of their own (see
+        # dumps_works_or_none), the works first: a control item is for a
+        # work sent before it, or the last word (stop).
+        works: list[Any] = []
+        controls: list[Any] = []
+        alone = self._alone
         for item in [*items, None]:
-            if item is not None and type(item) is not Pickled:
-                batch.append(item)
-                continue
-            if batch:
-                data, failed = dumps_works(batch)
-                if failed:
-                    with self._lock:
-                        self._in_flight -= len(failed)
-                    self._on_results(self.index, failed)
+            if item is None or type(item) is Pickled:
+                self._send_batch(works, controls)
+                works, controls = [], []
+                if item is not None:
+                    self._connection.send_bytes(item.data)
+            elif isinstance(item, _CONTROLS):
+                controls.append(item)
+            elif alone and item.work_id in alone:
+                alone.discard(item.work_id)
+                self._send_batch([item], [])
+            else:
+                works.append(item)
+
+    def _send_batch(self, works: list[Any], controls: list[Any]) -> None:
+        if works:
+            data, failed = dumps_works(works)
+            if failed:
+                with self._lock:
+                    self._in_flight -= len(failed)
+                self._on_results(self.index, failed)
+            if data is not None:
                 self._connection.send_bytes(data)
-                batch = []
-            if item is not None:
-                self._connection.send_bytes(item.data)
+        if controls:
+            self._connection.send_bytes(dumps_controls(controls))
 
     def _read(self) -> None:
         try:
             self._read_results()
         except BaseException as exc:
-            # A batch that cannot be unpickled (its works cannot be told
-            # apart any more), or a fault of ours: whatever stops the reader
-            # breaks the pool, as its works' results could never arrive.
+            # A fault of ours (a result that cannot be loaded fails its own
+            # work: see LoadFailure): whatever stops the reader breaks the
+            # pool, as its works' results could never arrive.
             self._failure = self._failure or exc
             _kill(self.process)
         self.process.join()
@@ -324,6 +373,11 @@ class _ProcessLink:
             except (EOFError, OSError):
                 return  # the worker has exited: _read() reaps it
             results = loads(data)
+            if type(results) is ReloadRequest:
+                # Answered, for now: the dispatcher sends them again, and
+                # they go alone.
+                self._alone.update(results.ids)
+                results = [(work_id, RELOAD, None) for work_id in results.ids]
             # A worker's report of tasks started ends no work.
             ended = len(results) - (type(results[-1]) is TasksStarted)
             with self._lock:
@@ -334,6 +388,99 @@ class _ProcessLink:
     def join(self) -> None:
         if threading.current_thread() is not self._reader:
             self._reader.join()
+
+
+def _worker_modules(backend: Backend) -> list[str]:
+    """What a worker imports first thing: the worker's side, the backend it
+    unpickles, AnyIO's module for it, and on Linux ctypes (for the
+    parent-death signal)."""
+    names = ["aplex._worker.process", type(backend).__module__, f"anyio._backends._{backend.name}"]
+    if sys.platform == "linux":
+        names.append("ctypes")
+    return names
+
+
+def _import_before_fork(backend: Backend) -> None:
+    """Import here what a forked worker imports first thing.
+
+    A thread of this process may be importing one of them right now (a
+    thread worker starting its loop): a child forked meanwhile inherits the
+    module's import lock held by a thread it does not have, and hangs on it.
+    Imported here first, the child finds them loaded.
+    """
+    for name in _worker_modules(backend):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass  # a backend of another library: the worker imports what it needs
+
+
+def _death_signal_parent(method: str | None) -> int | None:
+    """What the workers' OS parent is, for their parent-death signal
+    (:func:`aplex._worker.process.die_with_parent`).
+
+    The signal comes when the *thread* that forked the worker ends, not its
+    process: it is asked for only when that thread lives as long as the
+    process that must not outlive the workers. Returns this process's pid for
+    a worker forked (or spawned) by the main thread, FORK_SERVER for one
+    forked by the fork server (single-threaded, and gone once every process
+    that used it is), and None otherwise: a pool made in another thread (one
+    of ``anyio.to_thread``'s, a thread worker...), which may end long before
+    the pool, or an unknown start method. Those workers rely on their watch
+    thread alone.
+    """
+    if method == "forkserver":
+        return FORK_SERVER
+    if method in ("fork", "spawn") and threading.current_thread() is threading.main_thread():
+        return os.getpid()
+    return None
+
+
+def _forget_after_fork() -> None:
+    """In a forked child: let go of the parent's worker processes.
+
+    Their parent ends are closed (see the module doc); they leave
+    multiprocessing's own list of children, whose exit handler would join
+    them (they are not this process's children: it fails) or terminate them;
+    and the fork server the parent started is forgotten, so that a pool made
+    here starts a server of its own: the parent's is not this process's
+    child, and multiprocessing would fail to check on it
+    (``ChildProcessError``).
+    """
+    for connection in list(_parent_ends):
+        connection.close()
+    _parent_ends.clear()
+    # multiprocessing has no public way to disown a child.
+    children: set[Any] = getattr(multiprocessing.process, "_children", set())
+    children.difference_update(_worker_processes)
+    _worker_processes.clear()
+    _forget_fork_server()
+
+
+def _forget_fork_server() -> None:
+    # The standard library leaves a forked child with its parent's fork
+    # server state, which it cannot use (ensure_running() waits on the
+    # server's pid); nothing public resets it. The lock may have been held
+    # by a thread of the parent.
+    forkserver = sys.modules.get("multiprocessing.forkserver")
+    server = getattr(forkserver, "_forkserver", None)
+    if server is None or getattr(server, "_forkserver_pid", None) is None:
+        return  # none started, or this is the fork server's own child
+    alive = server._forkserver_alive_fd
+    server._lock = threading.Lock()
+    for name in ("_forkserver_pid", "_forkserver_address", "_forkserver_alive_fd"):
+        setattr(server, name, None)
+    if alive is not None:
+        # The server lives while a copy of this end is open: the parent's
+        # server must not live on for this child.
+        try:
+            os.close(alive)
+        except OSError:
+            pass
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which cannot fork
+    os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 def _kill(process: Any) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
 import threading
 import weakref
 from collections import deque
@@ -419,6 +420,18 @@ class _Waker:
 # the entry goes with the loop.
 _wakers: weakref.WeakKeyDictionary[object, _Waker] = weakref.WeakKeyDictionary()
 _wakers_lock = threading.Lock()
+
+
+def _forget_wakers_after_fork() -> None:
+    # A forked child's copies belong to its parent's loops, and a thread of
+    # the parent may have held a lock of theirs when it forked.
+    global _wakers_lock
+    _wakers_lock = threading.Lock()
+    _wakers.clear()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which cannot fork
+    os.register_at_fork(after_in_child=_forget_wakers_after_fork)
 
 
 def _waker(call_soon: Callable[[Callable[[], object]], object]) -> _Waker:

@@ -681,3 +681,68 @@ def try_primitive_lock():
         return False
     lock.release()
     return True
+
+
+def hold_gil(started_path):
+    """A plain work that holds the GIL for minutes in one C call (a sum over
+    a range runs in C without a bytecode boundary), once it has written
+    ``started_path``: no other thread of its worker runs meanwhile."""
+    _write_file(started_path)
+    return sum(range(10**12))
+
+
+def resubmit_forever(executor):
+    """A plain work that submits itself again, until the executor refuses:
+    keeps the dispatcher's lock busy from the executor's own threads."""
+    executor.submit(resubmit_forever, executor)
+
+
+def _load_only_in(pid, value):
+    if os.getpid() != pid:
+        raise ValueError(f"refuses to load outside process {pid}")
+    return LoadsOnlyIn(pid, value)
+
+
+class LoadsOnlyIn:
+    """Pickles anywhere, and loads only in process ``pid``: its reconstructor
+    raises elsewhere."""
+
+    def __init__(self, pid, value=None):
+        self.pid = pid
+        self.value = value
+
+    def __reduce__(self):
+        return _load_only_in, (self.pid, self.value)
+
+
+def loads_only_here(value=None):
+    """A result that the parent cannot load."""
+    return LoadsOnlyIn(os.getpid(), value)
+
+
+async def async_loads_only_here_after_file(path, value=None, timeout=30):
+    """A coroutine work whose result the parent cannot load, once ``path`` exists."""
+    await _wait_for_file(path, timeout)
+    return loads_only_here(value)
+
+
+def _load_error_only_in(pid, message):
+    if os.getpid() != pid:
+        raise ValueError(f"refuses to load outside process {pid}")
+    return LoadsOnlyInError(pid, message)
+
+
+class LoadsOnlyInError(Exception):
+    """An exception that pickles and round-trips in its worker, and that the
+    parent cannot load."""
+
+    def __init__(self, pid, message):
+        super().__init__(message)
+        self.pid = pid
+
+    def __reduce__(self):
+        return _load_error_only_in, (self.pid, str(self))
+
+
+def raise_error_that_loads_only_here(message):
+    raise LoadsOnlyInError(os.getpid(), message)

@@ -62,6 +62,14 @@ ABORT = StopItem(cancel=True)
 DONE = 0
 FAILED = 1
 CANCELLED = 2
+# Beyond CANCELLED: the work, or its result, did not load (the dispatcher
+# tells them apart with one comparison).
+#: The work, or its result, could not be unpickled where it arrived; the
+#: value is a LoadFailure, which the parent turns into the work's error.
+NOT_LOADED = 3
+#: The work arrived in a batch that could not be unpickled: the parent sends
+#: it again, on its own (see LoadFailure). The value is None.
+RELOAD = 4
 
 
 class ResultItem(NamedTuple):
@@ -105,3 +113,27 @@ class WorkerFailure(NamedTuple):
 
     where: str
     error: BaseException
+
+
+class LoadFailure(NamedTuple):
+    """Why a work (in its worker) or a result (in the parent) could not be
+    unpickled, e.g. a class the process cannot import, or a reconstructor
+    that raises. Text only, so that it always loads where it is sent.
+
+    A batch is pickled whole, which keeps the many tiny works cheap; one
+    item that cannot be loaded then takes its batch with it. So a worker
+    that cannot load a batch of several works asks for each again alone
+    (RELOAD), and fails only the one that still cannot be loaded; a result
+    that is not plain data travels pickled on its own inside its batch.
+    """
+
+    what: str  # "work" or "result"
+    reason: str  # the error, and where it came from when the traceback says
+    traceback: str
+
+
+class ReloadRequest(NamedTuple):
+    """A worker's message in place of results: it could not load the batch
+    that held works ``ids``, and needs each of them again, alone."""
+
+    ids: tuple[int, ...]

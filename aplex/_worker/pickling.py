@@ -19,6 +19,17 @@ it is faster) and cloudpickle if that fails. A batch is pickled whole; only
 when that fails is each item tried alone, so that the one that cannot be
 sent fails alone, with an error that names what could not be pickled.
 
+What pickles may still fail to unpickle on arrival (a class the other side
+cannot import, a reconstructor that raises), and one item must not take its
+batch down with it (see :class:`~aplex._worker.messages.LoadFailure`):
+
+* a batch for a worker holds works only, or control items only, and ends
+  with the ids of its works (``pickle.loads`` ignores what follows the
+  pickle), read only when the batch cannot be loaded;
+* a result that is not plain data is pickled on its own inside its batch,
+  and loaded by :func:`load_result`, which turns a failure into that one
+  work's error; an exception likewise, which becomes a :class:`RemoteError`.
+
 An exception travels with its traceback as text, attached on arrival as its
 ``__cause__`` (as :mod:`concurrent.futures` does); its traceback objects are
 dropped once formatted, so that the frames of the work, and whatever they
@@ -31,36 +42,100 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import struct
 import sys
 import traceback
 import types
+from array import array
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import cloudpickle
 
 from .._exceptions import RemoteError, RemoteTraceback
-from .messages import FAILED, ResultItem, TasksStarted, WorkerFailure, WorkItem
+from .messages import (
+    FAILED,
+    NOT_LOADED,
+    CancelItem,
+    LoadFailure,
+    ReloadRequest,
+    ResultItem,
+    StopItem,
+    TasksStarted,
+    WorkerFailure,
+    WorkItem,
+)
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 
 
-def _rebuild_exception(exc: BaseException, text: str) -> BaseException:
+_CONTROLS = (CancelItem, StopItem)
+_COUNT = struct.Struct("<I")
+_ONE_ID = struct.Struct("<qI")  # a work id, then the count: 1
+
+
+def _rebuild_exception(data: bytes, text: str, type_name: str, message: str) -> BaseException:
+    """Load an exception sent by a worker (in the parent)."""
+    try:
+        exc: BaseException = pickle.loads(data)
+    except Exception as error:
+        exc = RemoteError(
+            type_name, message, text, f"it could not be loaded here: {_describe(error)}"
+        )
     exc.__cause__ = RemoteTraceback(text)
     return exc
 
 
 class _ExceptionWithTraceback:
-    """Pickles as its exception, with the traceback text as its cause."""
+    """Pickles as its exception, pickled on its own, with the traceback text
+    as its cause on arrival."""
 
     def __init__(self, exc: BaseException):
-        self.exc = exc
-        self.formatted = "".join(traceback.format_exception(exc))
-        self.text = '\n"""\n' + self.formatted + '"""'
+        formatted = "".join(traceback.format_exception(exc))
+        text = '\n"""\n' + formatted + '"""'
+        type_name = f"{type(exc).__module__}.{type(exc).__qualname__}"
+        self._rebuild_args = (_dumps_exception(exc, formatted), text, type_name, _str(exc))
         _drop_tracebacks(exc)
 
     def __reduce__(self) -> tuple[Callable[..., BaseException], tuple[Any, ...]]:
-        return _rebuild_exception, (self.exc, self.text)
+        return _rebuild_exception, self._rebuild_args
+
+
+def _dumps_exception(exc: BaseException, formatted: str) -> bytes:
+    """Pickle ``exc``, or a RemoteError that describes it if it does not
+    survive pickling. Exceptions whose ``__init__`` takes other arguments
+    than their ``args`` pickle fine and fail to unpickle: better found here,
+    where the work is known, than in the parent."""
+    try:
+        data = dumps(exc)
+        pickle.loads(data)
+    except Exception as error:
+        return dumps(_remote_error(exc, error, formatted))
+    return data
+
+
+def _str(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:
+        return f"<str() of this {type(exc).__name__} raised>"
+
+
+def _with_ids(data: bytes, ids: list[int]) -> bytes:
+    # The ids of a batch's works go after its pickle, which pickle.loads()
+    # ignores: read back only if the batch cannot be loaded (work_ids()).
+    if len(ids) == 1:
+        return data + _ONE_ID.pack(ids[0], 1)
+    return data + array("q", ids).tobytes() + _COUNT.pack(len(ids))
+
+
+def work_ids(data: bytes) -> list[int]:
+    """The ids of the works in a batch that :func:`dumps_works` made."""
+    end = len(data) - _COUNT.size
+    (count,) = _COUNT.unpack_from(data, end)
+    ids = array("q")
+    ids.frombytes(data[end - ids.itemsize * count : end])
+    return ids.tolist()
 
 
 def _drop_tracebacks(exc: BaseException) -> None:
@@ -78,8 +153,10 @@ def _drop_tracebacks(exc: BaseException) -> None:
         pending += [current.__cause__, current.__context__]
 
 
-def dumps_works(items: list[Any], *, main: bool | None = None) -> tuple[bytes, list[ResultItem]]:
-    """Pickle a batch for a worker.
+def dumps_works(
+    items: list[Any], *, main: bool | None = None
+) -> tuple[bytes | None, list[ResultItem]]:
+    """Pickle a batch of works for a worker.
 
     Args:
         items: The batch.
@@ -87,8 +164,8 @@ def dumps_works(items: list[Any], *, main: bool | None = None) -> tuple[bytes, l
             :func:`dumps`).
 
     Returns:
-        The pickled batch, and a failed result for each work that could not
-        be pickled (left out of the batch).
+        The pickled batch (None if no work could be pickled), and a failed
+        result for each work that could not be (left out of the batch).
     """
     data = dumps_works_or_none(items, main=main)
     if data is not None:
@@ -101,15 +178,36 @@ def dumps_works(items: list[Any], *, main: bool | None = None) -> tuple[bytes, l
             failed.append(ResultItem(item.work_id, FAILED, _work_pickling_error(item, exc)))
         else:
             sendable.append(item)
-    return _cloudpickle(sendable, main), failed
+    if not sendable:
+        return None, failed
+    data = _cloudpickle(sendable, main)
+    return _with_ids(data, [item.work_id for item in sendable]), failed
 
 
 def dumps_works_or_none(items: list[Any], *, main: bool | None = None) -> bytes | None:
-    """Pickle a batch for a worker; None if some item cannot be pickled."""
+    """Pickle a batch for a worker: of works, or of control items; None if
+    some item cannot be pickled, or if the batch holds both (see the module
+    doc: a control item must not be lost with a work that fails to load)."""
+    if len(items) == 1:
+        ids = [] if isinstance(items[0], _CONTROLS) else [items[0].work_id]
+    else:
+        ids = [item.work_id for item in items if not isinstance(item, _CONTROLS)]
+        if ids and len(ids) != len(items):
+            return None
     try:
-        return dumps(items, main=main)
+        return _with_ids(dumps(items, main=main), ids)
     except Exception:
         return None
+
+
+def dumps_controls(items: list[Any]) -> bytes:
+    """Pickle a batch of control items (cancel, stop) for a worker."""
+    return _with_ids(pickle.dumps(items), [])
+
+
+def dumps_reload(ids: list[int]) -> bytes:
+    """Pickle a worker's request for the works ``ids`` again, each alone."""
+    return pickle.dumps(ReloadRequest(tuple(ids)))
 
 
 def dumps(obj: Any, *, main: bool | None = None) -> bytes:
@@ -186,7 +284,7 @@ def _cloudpickle(obj: Any, main: bool | None = None) -> bytes:
 
 
 def _work_pickling_error(item: WorkItem, exc: Exception) -> pickle.PicklingError:
-    name = getattr(item.fn, "__qualname__", repr(item.fn))
+    name = _work_name(item.fn)
     culprit = "the work"
     candidates: list[tuple[str, Any]] = [("the work", item.fn)]
     arguments = [a for chunk in item.args for a in chunk] if item.chunk else list(item.args)
@@ -208,42 +306,106 @@ def _work_pickling_error(item: WorkItem, exc: Exception) -> pickle.PicklingError
     return error
 
 
+# Results of these types travel inline in their batch: their pickle loads
+# wherever aplex does. Any other is pickled on its own (one more pickle call
+# and copy), so that it alone fails if the parent cannot load it.
+_PLAIN = frozenset({type(None), bool, int, float, complex, str, bytes, bytearray})
+
+
 def dumps_results(results: list[Any]) -> bytes:
     """Pickle a batch of results for the parent; what cannot be pickled
     becomes an error the parent can read."""
-    results = [_with_traceback(result) for result in results]
-    try:
-        return pickle.dumps(results)
-    except Exception:
-        pass
-    try:
-        return _cloudpickle(results)
-    except Exception:
-        pass
-    return _cloudpickle([_sendable_result(result) for result in results])
+    return pickle.dumps([_sendable(result) for result in results])
 
 
-def _with_traceback(result: Any) -> Any:
+def _sendable(result: Any) -> Any:
     if type(result) is TasksStarted:
         return result
     if type(result) is WorkerFailure:
-        return WorkerFailure(result.where, _ExceptionWithTraceback(_round_trips(result.error)))  # type: ignore[arg-type]
+        return WorkerFailure(result.where, _ExceptionWithTraceback(result.error))  # type: ignore[arg-type]
     work_id, status, value = result
     if status == FAILED:
-        return ResultItem(work_id, FAILED, _ExceptionWithTraceback(_round_trips(value)))
-    return result
-
-
-def _round_trips(exc: BaseException) -> BaseException:
-    """Return ``exc`` if it survives pickling, else a RemoteError that
-    describes it. Exceptions whose ``__init__`` takes other arguments than
-    their ``args`` pickle fine and fail to unpickle: better found here, where
-    the work is known, than in the parent."""
+        return (work_id, FAILED, _ExceptionWithTraceback(value))
+    if type(value) in _PLAIN:
+        return result
     try:
-        pickle.loads(dumps(exc))
-    except Exception as error:
-        return _remote_error(exc, error)
-    return exc
+        try:
+            data = pickle.dumps(value)
+        except Exception:
+            data = _cloudpickle(value)
+    except Exception as exc:
+        error = pickle.PicklingError(
+            f"cannot send the result back from the worker: a {type(value).__name__} object "
+            f"could not be pickled ({_describe(exc)})"
+        )
+        error.__cause__ = exc
+        return (work_id, FAILED, _ExceptionWithTraceback(error))
+    return _PickledResult(work_id, status, data)
+
+
+class _PickledResult:
+    """A result whose value is pickled on its own: loads as the result, or
+    as that work's failure to load (:func:`load_result`)."""
+
+    __slots__ = ("work_id", "status", "data")
+
+    def __init__(self, work_id: int, status: int, data: bytes):
+        self.work_id = work_id
+        self.status = status
+        self.data = data
+
+    def __reduce__(self) -> tuple[Callable[..., Any], tuple[Any, ...]]:
+        return load_result, (self.work_id, self.status, self.data)
+
+
+def load_result(work_id: int, status: int, data: bytes) -> tuple[int, int, Any]:
+    """Load a result's value (in the parent); if it cannot be, the result
+    says so, for the dispatcher to fail that work alone."""
+    try:
+        return work_id, status, pickle.loads(data)
+    except Exception as exc:
+        return work_id, NOT_LOADED, load_failure("result", exc)
+
+
+def load_failure(what: str, exc: BaseException) -> LoadFailure:
+    """Describe why a work or a result could not be loaded."""
+    return LoadFailure(what, _describe(exc), "".join(traceback.format_exception(exc)))
+
+
+def _describe(exc: BaseException) -> str:
+    """The error, and the function that raised it when that is not the
+    unpickler's own machinery: for a reconstructor that raises, which class
+    would not load."""
+    description = f"{type(exc).__name__}: {_str(exc)}"
+    frames = traceback.extract_tb(exc.__traceback__)
+    if frames:
+        frame = frames[-1]
+        if not frame.filename.startswith("<frozen") and frame.filename != __file__:
+            description += f" (raised in {frame.name}, {frame.filename}:{frame.lineno})"
+    return description
+
+
+def load_error(failure: LoadFailure, fn: Callable[..., Any]) -> pickle.UnpicklingError:
+    """The error a work fails with when it, or its result, could not be loaded."""
+    name = _work_name(fn)
+    if failure.what == "work":
+        message = (
+            f"work {name} could not be loaded in its worker (the function or one of "
+            f"its arguments): {failure.reason}"
+        )
+    else:
+        message = f"the result of work {name} could not be loaded here: {failure.reason}"
+    error = pickle.UnpicklingError(message)
+    error.__cause__ = RemoteTraceback(failure.traceback)
+    return error
+
+
+def _work_name(fn: Callable[..., Any]) -> str:
+    qualname = getattr(fn, "__qualname__", None)
+    if qualname is None:
+        return repr(fn)
+    module = getattr(fn, "__module__", None)
+    return f"{module}.{qualname}" if module else qualname
 
 
 def _remote_error(
@@ -251,33 +413,10 @@ def _remote_error(
 ) -> RemoteError:
     return RemoteError(
         f"{type(exc).__module__}.{type(exc).__qualname__}",
-        str(exc),
+        _str(exc),
         "".join(traceback.format_exception(exc)) if formatted is None else formatted,
-        f"{type(pickling_error).__name__}: {pickling_error}",
+        _describe(pickling_error),
     )
-
-
-def _sendable_result(result: Any) -> Any:
-    try:
-        _cloudpickle(result)
-        return result
-    except Exception as exc:
-        pickling_error = exc
-    if type(result) is WorkerFailure:
-        wrapped: _ExceptionWithTraceback = result.error  # type: ignore[assignment]  # see _with_traceback
-        return WorkerFailure(
-            result.where, _remote_error(wrapped.exc, pickling_error, wrapped.formatted)
-        )
-    work_id, status, value = result
-    if status == FAILED:
-        return ResultItem(
-            work_id, FAILED, _remote_error(value.exc, pickling_error, value.formatted)
-        )
-    error = pickle.PicklingError(
-        f"cannot send the result back from the worker: a {type(value).__name__} object "
-        f"could not be pickled ({type(pickling_error).__name__}: {pickling_error})"
-    )
-    return ResultItem(work_id, FAILED, _ExceptionWithTraceback(error))
 
 
 def loads(data: bytes) -> Any:

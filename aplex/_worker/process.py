@@ -3,6 +3,12 @@
 The parent's side is :mod:`aplex._processes`. This module, like the rest of
 :mod:`aplex._worker`, imports nothing of the front end, so a worker process
 (and the fork server that forks them) loads only what it needs.
+
+**Dying with the parent.** A worker must not outlive its parent, even one
+killed outright, and even while a plain work holds the GIL in a C call. Two
+guards: the OS's parent-death signal where there is one (Linux), which the
+kernel sends whatever the worker does, and a watch thread on the pipe, which
+needs the GIL but works everywhere (see :func:`die_with_parent`).
 """
 
 from __future__ import annotations
@@ -11,14 +17,17 @@ import gc
 import os
 import select
 import signal
+import sys
 import threading
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
 import anyio
+import sniffio
 
-from .messages import WorkerFailure
-from .pickling import dumps_results, loads, loads_initargs
+from .messages import NOT_LOADED, CancelItem, StopItem, WorkerFailure
+from .pickling import dumps_reload, dumps_results, load_failure, loads, loads_initargs, work_ids
 from .serve import serve
 
 # Allocations between young collections in a worker process (Python's
@@ -26,23 +35,70 @@ from .serve import serve
 # waiting a little longer to be freed.
 _WORKER_GC_THRESHOLD = 50_000
 
+#: The worker's OS parent is the fork server, whatever its pid (see
+#: run_process_worker's ``os_parent``).
+FORK_SERVER = 0
+# <linux/prctl.h>
+_PR_SET_PDEATHSIG = 1
+
 
 class _PipeEndpoint:
-    """A process worker's end of its pipe, as :func:`serve` reads it."""
+    """A process worker's end of its pipe, as :func:`serve` reads it.
+
+    A batch that cannot be loaded (see
+    :class:`~aplex._worker.messages.LoadFailure`) fails its work if it held
+    one; if it held several, each is asked for again alone. Until they are
+    back, the control items that come are held back: a cancel may be for
+    one of them, and a stop must not end the worker before they have run.
+    """
 
     def __init__(self, connection: Any, blocked: memoryview):
         self._connection = connection
         self._fileno = connection.fileno()
         #: This worker's byte of the pool's shared flags (see serve.Endpoint).
         self.blocked = blocked
+        self._reloading: set[int] = set()  # works asked for again
+        self._held: list[Any] = []  # control items held back meanwhile
 
     async def receive(self) -> list[Any]:
         await anyio.wait_readable(self._fileno)
         connection = self._connection
-        items: list[Any] = loads(connection.recv_bytes())
-        while connection.poll():
-            items.extend(loads(connection.recv_bytes()))
+        items: list[Any] = []
+        while True:
+            data = connection.recv_bytes()
+            try:
+                items += loads(data)
+            except Exception as exc:
+                self._not_loaded(data, exc)
+            if not connection.poll():
+                break
+        if self._reloading or self._held:
+            items = self._hold_back(items)
         return items
+
+    def _not_loaded(self, data: bytes, exc: Exception) -> None:
+        ids = work_ids(data)
+        if not ids:
+            raise exc  # control items of aplex's own: a fault, which ends the worker
+        if len(ids) > 1:
+            self._reloading.update(ids)
+            self._connection.send_bytes(dumps_reload(ids))
+        else:
+            self._reloading.discard(ids[0])
+            self.send([(ids[0], NOT_LOADED, load_failure("work", exc))])
+
+    def _hold_back(self, items: list[Any]) -> list[Any]:
+        passed = []
+        for item in items:
+            if isinstance(item, (CancelItem, StopItem)):
+                self._held.append(item)
+            else:
+                self._reloading.discard(item.work_id)
+                passed.append(item)
+        if not self._reloading:
+            passed += self._held
+            self._held = []
+        return passed
 
     def send(self, results: list[Any]) -> None:
         self._connection.send_bytes(dumps_results(results))
@@ -62,7 +118,12 @@ def tune_collector() -> None:
 
 
 def run_process_worker(
-    connection: Any, setup: bytes, initargs: bytes | tuple[Any, ...], flags: Any, index: int
+    connection: Any,
+    setup: bytes,
+    initargs: bytes | tuple[Any, ...],
+    flags: Any,
+    index: int,
+    os_parent: int | None = None,
 ) -> None:
     """Serve the parent on ``connection``, its end of the pipe.
 
@@ -73,12 +134,19 @@ def run_process_worker(
             :func:`~aplex._worker.pickling.dumps_initargs` made them.
         flags: The pool's shared flags of blocked workers.
         index: This worker's place in them.
+        os_parent: The pid of the process that started this one, if the
+            parent-death signal may be used (see :func:`die_with_parent`);
+            FORK_SERVER for "the fork server that forked it".
     """
+    die_with_parent(connection.fileno(), os_parent)
     # Ctrl-C goes to the whole foreground process group; the parent decides
     # what it means for the workers, and stops them itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A worker forked from a thread running an event loop inherits that
+    # loop's wake-up descriptor, shared with the parent's loop: a signal
+    # here must not wake the parent.
+    signal.set_wakeup_fd(-1)
     tune_collector()
-    _exit_with_parent(connection.fileno())
     endpoint = _PipeEndpoint(connection, memoryview(flags).cast("B")[index : index + 1])
     try:
         backend, loop_factory, initializer = loads(setup)
@@ -86,16 +154,107 @@ def run_process_worker(
     except BaseException as exc:
         endpoint.send([WorkerFailure("initializer", exc)])
         return
+    run = partial(
+        backend.run, partial(serve, endpoint, initializer, arguments), loop_factory=loop_factory
+    )
     try:
-        backend.run(partial(serve, endpoint, initializer, arguments), loop_factory=loop_factory)
+        if _inherits_a_running_loop():
+            _run_in_new_thread(run)
+        else:
+            run()
     except (EOFError, OSError):
         pass  # the parent has gone away: nothing left to report to
 
 
-def _exit_with_parent(fileno: int) -> None:
-    """Exit as soon as the parent's end of the pipe closes, even while a
-    plain work blocks the loop: the parent may have been killed outright."""
+def _inherits_a_running_loop() -> bool:
+    """Whether this thread looks as if an event loop ran in it: a worker
+    forked (``mp_context="fork"``) by a thread running trio inherits trio's
+    record of its run, and trio refuses to start another in this thread.
+    (asyncio checks the process id, and sees no loop here.)"""
+    try:
+        sniffio.current_async_library()
+    except sniffio.AsyncLibraryNotFoundError:
+        return False
+    return True
 
+
+def _run_in_new_thread(run: Callable[[], None]) -> None:
+    # A new thread has no loop of its own yet; the inherited record stays
+    # behind in this one, which only waits.
+    failure: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            run()
+        except BaseException as exc:
+            failure.append(exc)
+
+    thread = threading.Thread(target=target, name="aplex-worker-loop")
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+
+
+def die_with_parent(fileno: int, os_parent: int | None) -> None:
+    """Have this worker end when its parent does, even killed outright.
+
+    On Linux, the kernel sends SIGKILL to a process when the thread that
+    forked it ends (``PR_SET_PDEATHSIG``), whatever the process is doing:
+    the guard for a plain work that holds the GIL in a C call. As it is the
+    forking *thread* that counts, the parent asks for it (``os_parent`` set)
+    only when that thread lives as long as the worker's parent process: its
+    main thread, or the fork server (which ends when the processes that use
+    it do). A parent that died before the signal was asked for would never
+    send it: the OS parent is checked right after.
+
+    Everywhere, a watch thread ends the worker as soon as the parent's end
+    of the pipe closes (the parent exited or was killed), even while a plain
+    work blocks the loop, so long as it lets go of the GIL.
+    """
+    if os_parent is not None and sys.platform == "linux":
+        if os_parent == FORK_SERVER:
+            # The fork server ends once every process that used it has, its
+            # end of the pipe to the worker closed; that is what the workers
+            # it forked are signalled by. Read now: a server gone before this
+            # line had seen the parent go, which the watch thread sees too.
+            expected = os.getppid()
+            _let_the_fork_server_go()
+        else:
+            expected = os_parent
+        if _ask_parent_death_signal() and os.getppid() != expected:
+            os._exit(1)  # reparented: the parent has already gone
+    _watch_parent(fileno)
+
+
+def _let_the_fork_server_go() -> None:
+    # The fork server hands every process it forks a copy of the write end
+    # of its "alive" pipe, and lives until every copy is closed: a worker
+    # holding one would keep alive the server whose end is its own signal
+    # to end. The worker has no use for it (a fork server it needed would be
+    # started anew: it does not know this one's pid). Nothing public closes it.
+    forkserver = sys.modules.get("multiprocessing.forkserver")
+    server = getattr(forkserver, "_forkserver", None)
+    alive = getattr(server, "_forkserver_alive_fd", None)
+    if alive is not None and getattr(server, "_forkserver_pid", None) is None:
+        server._forkserver_alive_fd = None  # type: ignore[union-attr]
+        try:
+            os.close(alive)
+        except OSError:
+            pass
+
+
+def _ask_parent_death_signal() -> bool:
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL) == 0)
+    except (OSError, AttributeError):
+        return False  # no prctl in this C library: the watch thread alone
+
+
+def _watch_parent(fileno: int) -> None:
     if not hasattr(select, "POLLRDHUP"):  # not Linux: rely on end of file in the loop
         return
 
