@@ -681,3 +681,14 @@ def try_primitive_lock():
         return False
     lock.release()
     return True
+
+
+# -- Ctrl-C and exit (tests/test_ctrl_c.py)
+
+
+def plain_started_then_sleep(started_path, seconds):
+    """A long plain work: write ``started_path``, then block its worker's
+    loop for ``seconds``."""
+    _write_file(started_path)
+    time.sleep(seconds)
+    return "slept"
