@@ -33,8 +33,9 @@ import inspect
 import itertools
 import os
 import threading
+import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from concurrent.futures import CancelledError, InvalidStateError
 from dataclasses import dataclass
 from functools import partial
@@ -42,6 +43,7 @@ from types import CodeType, MappingProxyType
 from typing import Any, Protocol
 
 from ._exceptions import AplexWorkerError
+from ._lifecycle import STOP_GRACE, track
 from ._worker.messages import (
     CANCELLED,
     DONE,
@@ -115,8 +117,48 @@ class WorkerPool(Protocol):
     def abort(self) -> None:
         """Stop every worker now, cancelling what it runs."""
 
-    def join(self) -> None:
-        """Wait until every worker has exited."""
+    def stop_now(self, busy: Collection[int]) -> None:
+        """Stop every worker at once, dropping the items not yet sent to it
+        and any put after; the workers in ``busy`` run plain functions and
+        cannot answer: kill them (processes) or leave them behind (threads)."""
+
+    def kill_remaining(self) -> None:
+        """Kill the workers still running (processes), or leave them behind
+        (threads, which cannot be killed)."""
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait until every worker has exited, but those left behind; return
+        False if ``timeout`` passed first."""
+
+    def runs_current_thread(self) -> bool:
+        """Whether the caller runs on one of the pool's own threads."""
+
+
+class _NoWorkers:
+    """The pool of a Dispatcher whose workers are still starting, or of a
+    forked child's copy of one: there the workers are the parent's, never to
+    be sent to, stopped or waited for."""
+
+    def __init__(self, size: int):
+        self.blocked = memoryview(bytearray(size))
+
+    def put(self, index: int, items: list[Any]) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+    def stop_now(self, busy: Collection[int]) -> None:
+        pass
+
+    def kill_remaining(self) -> None:
+        pass
+
+    def join(self, timeout: float | None = None) -> bool:
+        return True
+
+    def runs_current_thread(self) -> bool:
+        return False
 
 
 OnResults = Callable[[int, list[Any]], None]
@@ -251,11 +293,27 @@ class Dispatcher:
             max_works_per_worker,
             blocked=self._blocked,
         )
-        # Under the lock: a worker that fails at once reports before this
-        # assignment would otherwise be made.
+        self._stopped_now = False
+        # A worker that fails at once may report before start_workers()
+        # returns: the pool it would stop is then a placeholder, and the
+        # real one is stopped below. Not under the lock: a constructor that
+        # fails waits for what it started, which may be reporting.
+        self._pool: WorkerPool = _NoWorkers(len(self.workers))
+        try:
+            pool = start_workers(on_results=self._on_results, on_exit=self._on_exit)
+        except BaseException:
+            self._stopped_now = True  # what its workers still report is nobody's news
+            raise
         with self._lock:
-            self._pool = start_workers(on_results=self._on_results, on_exit=self._on_exit)
-            self._blocked.flags = self._pool.blocked
+            self._pool = pool
+            self._blocked.flags = pool.blocked
+            if self._broken is not None:
+                pool.abort()
+        try:
+            track(self)
+        except BaseException:  # Ctrl-C, just now: what was started must not outlive it
+            self.stop_now()
+            raise
 
     # -- callers ---------------------------------------------------------
 
@@ -307,7 +365,21 @@ class Dispatcher:
         return future.set_cancelled()
 
     def shutdown(self, *, wait: bool, cancel_futures: bool) -> None:
-        """Take no new works; stop the workers once the works taken have ended."""
+        """Take no new works; stop the workers once the works taken have ended.
+
+        Ctrl-C while it waits stops the pool at once (see :meth:`stop_now`).
+
+        Raises:
+            RuntimeError: ``wait`` on one of the pool's own threads (a thread
+                work, or a done callback run there), which would wait for
+                itself; nothing is changed then.
+        """
+        if wait and self._pool.runs_current_thread():
+            raise RuntimeError(
+                "shutdown(wait=True) was called from one of the pool's own threads "
+                "(a work of a thread pool, or a done callback): it would wait for "
+                "itself; call shutdown(wait=False) there, or shut down from outside"
+            )
         futures: list[ConcurrentFuture[Any]] = []
         running: list[_Work] = []
         with self._lock:
@@ -330,7 +402,11 @@ class Dispatcher:
         if running:
             self._cancel_running(running)
         if wait:
-            self._pool.join()
+            try:
+                self._pool.join()
+            except KeyboardInterrupt:
+                self.stop_now()
+                raise
             # Every worker has reported all it ran before exiting; a work
             # still unsettled now was lost with a worker that died.
             with self._lock:
@@ -359,13 +435,58 @@ class Dispatcher:
         for future in futures:
             future.set_cancelled()
 
-    def terminate(self) -> None:
-        """Break the pool at once: stop every worker, cancel every work."""
+    def stop_now(self, *, wait: bool = True) -> None:
+        """Stop at once, as Ctrl-C asks: take no new works, end every
+        unfinished work cancelled, cancel the running coroutine works in
+        their workers, and stop the workers.
+
+        A worker running a plain function cannot answer: a process is
+        killed at once, a thread is left to finish the function alone (its
+        result is dropped; the thread is a daemon, the interpreter does not
+        wait for it). The other workers get ``STOP_GRACE`` (see
+        :mod:`aplex._lifecycle`) to end their cancelled works and exit; the
+        processes still running then are killed, the threads left behind.
+        Calling it again only waits.
+
+        Args:
+            wait: Return once the workers have exited, been killed or been
+                left behind (within about twice ``STOP_GRACE``); otherwise
+                call :meth:`wait_stopped` later.
+        """
+        running: list[tuple[int, Callable[..., Any], int]] = []
         with self._lock:
-            self._shutdown = True
-            self._break(AplexWorkerError("the pool was terminated"))
+            stopping = not self._stopped_now and self._broken is None
+            self._stopped_now = self._shutdown = True
+            if stopping:  # else stopped already, or broken (its workers stopped)
+                running = [
+                    (work.worker.index, work.fn, work.state)
+                    for work in self._running.values()
+                    if work.worker is not None
+                ]
+                self._end_unfinished(CANCELLED, None)
+                # Nothing more goes to the workers but the stop.
+                self._outbox.clear()
+                self._stop_sent = True
             effects = self._leave()
         self._after(effects)
+        if stopping:
+            # Outside the lock: inspecting a callable may run its own code.
+            busy = {
+                index
+                for index, fn, state in running
+                if state != _TASK and not _is_coroutine_function(fn)
+            }
+            self._pool.stop_now(busy)
+        if wait:
+            self.wait_stopped(time.monotonic() + STOP_GRACE)
+
+    def wait_stopped(self, deadline: float) -> None:
+        """After :meth:`stop_now`: wait until ``deadline`` for the workers to
+        exit, then kill those still running (processes) or leave them
+        behind (threads) and wait for the killed ones to be reaped."""
+        if not self._pool.join(max(0.0, deadline - time.monotonic())):
+            self._pool.kill_remaining()
+            self._pool.join(STOP_GRACE)
 
     def forget_after_fork(self) -> None:
         """Let go of the parent's pool in a forked child; see _lifecycle.
@@ -467,6 +588,8 @@ class Dispatcher:
 
     def _on_exit(self, index: int, error: BaseException | None) -> None:
         """Worker ``index`` has exited (on any thread)."""
+        if self._stopped_now:
+            return  # stopped, or killed, on purpose: its works have ended
         with self._lock:
             on_this_worker = any(
                 work.worker is not None and work.worker.index == index
@@ -577,26 +700,31 @@ class Dispatcher:
     def _break(self, broken: AplexWorkerError) -> None:
         """End every unfinished work with CancelledError caused by
         ``broken``, and stop the workers."""
-        if self._broken is not None:
+        if self._broken is not None or self._stopped_now:
             return
         self._broken = broken
+        self._end_unfinished(_BROKEN, broken)
+        # Nothing more goes to the workers, which are stopped here.
+        self._outbox.clear()
+        self._stop_sent = True
+        self._pool.abort()
+
+    def _end_unfinished(self, status: int, value: Any) -> None:
+        """End every waiting and running work, settled with ``status``; the
+        workers' answers for them will be dropped."""
         for work in itertools.chain(self._waiting, self._running.values()):
             if work.state == _ENDED:
                 continue  # cancelled while waiting, and left in the FIFO to be skipped
             future = work.end()
             if not work.cancelled:
                 self._cancelled += 1
-                self._to_settle.append((future, _BROKEN, broken))
-        # Nothing more goes to the workers, which are stopped here.
-        self._outbox.clear()
+                self._to_settle.append((future, status, value))
         self._waiting.clear()
         self._waiting_cancelled = 0
         self._running.clear()
         for worker in self._workloads:
             self._workloads[worker] = 0
         self._full_workers = 0
-        self._stop_sent = True
-        self._pool.abort()
 
     def _leave(self) -> _Effects:
         """Take what this locked section leaves to do (see :meth:`_after`)."""
@@ -662,23 +790,6 @@ class _BlockedView(Mapping[Worker, bool]):
 
     def __len__(self) -> int:
         return len(self._workers)
-
-
-class _NoWorkers:
-    """The pool of a forked child's copy of a dispatcher: the workers are
-    the parent's, never to be sent to, stopped or waited for from here."""
-
-    def __init__(self, size: int):
-        self.blocked = memoryview(bytearray(size))
-
-    def put(self, index: int, items: list[Any]) -> None:
-        pass
-
-    def abort(self) -> None:
-        pass
-
-    def join(self) -> None:
-        pass
 
 
 def _settle(settle: list[tuple[ConcurrentFuture[Any], int, Any]]) -> None:

@@ -34,12 +34,21 @@ import multiprocessing.process
 import os
 import sys
 import threading
+import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from ._exceptions import ProcessExit
-from ._worker.messages import RELOAD, CancelItem, ReloadRequest, StopItem, TasksStarted, WorkItem
+from ._worker.messages import (
+    ABORT,
+    RELOAD,
+    CancelItem,
+    ReloadRequest,
+    StopItem,
+    TasksStarted,
+    WorkItem,
+)
 from ._worker.pickling import (
     Pickled,
     dumps,
@@ -69,6 +78,9 @@ _CONTROLS = (CancelItem, StopItem)
 # started, as a fork-start worker is forked from this very process.
 _parent_ends: weakref.WeakSet[Any] = weakref.WeakSet()
 _worker_processes: weakref.WeakSet[Any] = weakref.WeakSet()
+# How long a constructor that failed waits for each worker it had started
+# to be reaped (they are killed first, so this is rarely more than a few ms).
+_START_FAILURE_WAIT = 5.0
 
 
 class ProcessKind:
@@ -171,29 +183,48 @@ class ProcessWorkers:
         if method == "fork":
             _import_before_fork(backend)
         os_parent = _death_signal_parent(method)
-        self._links = []
-        for index, name in enumerate(names):
-            parent_end, child_end = context.Pipe(duplex=True)
-            _parent_ends.add(parent_end)
-            process = context.Process(
-                target=run_process_worker,
-                args=(child_end, setup, sent_initargs, flags, index, os_parent),
-                name=f"aplex-{name}",
-            )
-            try:
-                process.start()
-            except Exception as exc:
-                parent_end.close()
+        self._links: list[_ProcessLink] = []
+        try:
+            for index, name in enumerate(names):
+                parent_end, child_end = context.Pipe(duplex=True)
+                _parent_ends.add(parent_end)
+                process = context.Process(
+                    target=run_process_worker,
+                    args=(child_end, setup, sent_initargs, flags, index, os_parent),
+                    name=f"aplex-{name}",
+                )
+                try:
+                    process.start()
+                except BaseException as exc:
+                    # A child started before the failure (Ctrl-C while it
+                    # starts) sees its pipe closed and exits on its own; one
+                    # whose pid is known is also killed and reaped here.
+                    parent_end.close()
+                    child_end.close()
+                    if process.pid is not None:
+                        process.kill()
+                        process.join(_START_FAILURE_WAIT)
+                    if (
+                        not isinstance(exc, Exception)
+                        or isinstance(sent_initargs, bytes)
+                        or isinstance(exc, OSError)
+                    ):
+                        raise
+                    raise TypeError(
+                        f"initargs cannot be passed to a worker process "
+                        f"({context.get_start_method()} start method): {exc}"
+                    ) from exc
+                _worker_processes.add(process)
                 child_end.close()
-                if isinstance(sent_initargs, bytes) or isinstance(exc, OSError):
-                    raise
-                raise TypeError(
-                    f"initargs cannot be passed to a worker process "
-                    f"({context.get_start_method()} start method): {exc}"
-                ) from exc
-            _worker_processes.add(process)
-            child_end.close()
-            self._links.append(_ProcessLink(index, name, process, parent_end, on_results, on_exit))
+                link = _ProcessLink(index, name, process, parent_end, on_results, on_exit)
+                self._links.append(link)
+                link.start()
+        except BaseException:
+            # Too many open files, a fork that failed, or Ctrl-C: the workers
+            # already started must not outlive the constructor that failed.
+            for link in self._links:
+                link.discard()
+            raise
 
     def put(self, index: int, items: list[Any]) -> None:
         self._links[index].put(items)
@@ -204,9 +235,25 @@ class ProcessWorkers:
         for link in self._links:
             _kill(link.process)
 
-    def join(self) -> None:
+    def stop_now(self, busy: Collection[int]) -> None:
         for link in self._links:
-            link.join()
+            if link.index in busy:
+                _kill(link.process)  # its plain function would not let it answer
+            else:
+                link.stop_now()
+
+    def kill_remaining(self) -> None:
+        self.abort()
+
+    def join(self, timeout: float | None = None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for link in self._links:
+            if not link.join(None if deadline is None else max(0.0, deadline - time.monotonic())):
+                return False
+        return True
+
+    def runs_current_thread(self) -> bool:
+        return any(link.runs_current_thread() for link in self._links)
 
 
 class _ProcessLink:
@@ -238,16 +285,61 @@ class _ProcessLink:
         # Works the worker could not load in a batch with others, to be
         # sent again each on its own (see LoadFailure).
         self._alone: set[int] = set()
+        self._stopped = False  # by stop_now(): nothing more is sent but the stop
+        self._reporting = True  # False once discarded: its exit is nobody's news
         self._feeder = threading.Thread(target=self._feed, name=f"aplex-{name}-feeder")
         self._reader = threading.Thread(target=self._read, name=f"aplex-{name}-reader")
+        self._reader_started = False
+        self._reader_done = threading.Event()
+
+    def start(self) -> None:
         self._feeder.start()
-        self._reader.start()
+        self._reader_started = True
+        try:
+            self._reader.start()
+        except RuntimeError:  # no thread could be made: it never ran
+            self._reader_started = False
+            raise
+
+    def discard(self) -> None:
+        """Kill the worker and end the link's threads, reporting nothing: the
+        pool's constructor failed."""
+        self._reporting = False
+        _kill(self.process)
+        if self._reader_started:
+            # Even if Ctrl-C cut its start() short, it runs: it reaps the
+            # worker and ends the feeder. (Joined only once it has surely
+            # started: join() raises before that.)
+            if self._reader_done.wait(_START_FAILURE_WAIT):
+                self._reader.join(_START_FAILURE_WAIT)
+            return
+        with self._lock:
+            self._closing = True
+            self._ready.notify()
+        if self._feeder.is_alive():
+            self._feeder.join(_START_FAILURE_WAIT)
+        self.process.join(_START_FAILURE_WAIT)
+        self._connection.close()
+
+    def stop_now(self) -> None:
+        """Replace the items not yet sent with a stop at once, and send
+        nothing more: the dispatcher has ended their works, and a work sent
+        after the stop must not run."""
+        with self._lock:
+            if self._closing or self._stopped:
+                return
+            self._stopped = True
+            self._outbox[:] = [ABORT]
+            self._ready.notify()
+
+    def runs_current_thread(self) -> bool:
+        return threading.current_thread() in (self._feeder, self._reader)
 
     def put(self, items: list[Any]) -> None:
         works = sum(isinstance(item, WorkItem) for item in items)
         with self._lock:
-            if self._closing:
-                return  # the worker has exited: the dispatcher learns it from on_exit
+            if self._closing or self._stopped:
+                return  # exited (the dispatcher learns it from on_exit), or stopped
             self._in_flight += works
             # An idle worker (everything sent to it answered) is waiting on
             # its pipe: write to it at once rather than wake the feeder, which
@@ -280,8 +372,10 @@ class _ProcessLink:
             items = []  # the worker is gone: the reader reports it
         with self._lock:
             self._writing = False
-            # Works put while this one was written queued behind it.
-            self._outbox[:0] = items
+            # Works put while this one was written queued behind it; none
+            # goes after a stop.
+            if not self._stopped:
+                self._outbox[:0] = items
             if self._outbox:
                 self._ready.notify()
 
@@ -345,6 +439,12 @@ class _ProcessLink:
 
     def _read(self) -> None:
         try:
+            self._read_until_exit()
+        finally:
+            self._reader_done.set()
+
+    def _read_until_exit(self) -> None:
+        try:
             self._read_results()
         except BaseException as exc:
             # A fault of ours (a result that cannot be loaded fails its own
@@ -363,7 +463,8 @@ class _ProcessLink:
         error = self._failure
         if error is None and exitcode != 0:
             error = ProcessExit(exitcode)
-        self._on_exit(self.index, error)
+        if self._reporting:
+            self._on_exit(self.index, error)
 
     def _read_results(self) -> None:
         connection = self._connection
@@ -385,9 +486,11 @@ class _ProcessLink:
             self._on_results(self.index, results)
             del data, results  # not kept while waiting for the next
 
-    def join(self) -> None:
+    def join(self, timeout: float | None) -> bool:
+        """Wait until the worker has exited and been reaped; False on timeout."""
         if threading.current_thread() is not self._reader:
-            self._reader.join()
+            self._reader.join(timeout)
+        return not self._reader.is_alive() or threading.current_thread() is self._reader
 
 
 def _worker_modules(backend: Backend) -> list[str]:

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import secrets
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from ._dispatch import OnExit, OnResults
@@ -282,9 +282,21 @@ class RayWorkers:
             self._aborting = True
             self._ready.notify()
 
-    def join(self) -> None:
+    def stop_now(self, busy: Collection[int]) -> None:
+        # Ctrl-C: an actor may be on another machine, and is stopped the
+        # surest way, coroutine works or not.
+        self.abort()
+
+    def kill_remaining(self) -> None:
+        self.abort()
+
+    def join(self, timeout: float | None = None) -> bool:
         if threading.current_thread() is not self._reader:
-            self._reader.join()
+            self._reader.join(timeout)
+        return not self._reader.is_alive() or threading.current_thread() is self._reader
+
+    def runs_current_thread(self) -> bool:
+        return threading.current_thread() in (self._feeder, self._reader)
 
     # -- the feeder --------------------------------------------------------
 

@@ -46,7 +46,6 @@ from typing import Any, TypedDict, TypeVar, overload
 
 import anyio
 import anyio.lowlevel
-import anyio.to_thread
 from typing_extensions import ParamSpec, Self
 
 from ._dispatch import (
@@ -57,7 +56,7 @@ from ._dispatch import (
     reject_async_generator_function,
 )
 from ._exceptions import AplexWorkerError, RemoteError
-from ._lifecycle import next_pool_id, track
+from ._lifecycle import leave, leave_async, next_pool_id
 from ._map import AsyncResults, MapFeed, iterate
 from .backends import get_backend
 from .futures import ConcurrentFuture, wait_future
@@ -174,7 +173,6 @@ class AsyncPoolExecutor:
             ),
         )
         self._in_process = kind.in_process
-        track(self._dispatcher)
 
     # -- for the front ends -------------------------------------------------
 
@@ -318,7 +316,7 @@ class AsyncPoolExecutor:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        self.shutdown(wait=True)
+        leave(self._dispatcher, exc)
 
     async def __aenter__(self) -> Self:
         return self
@@ -329,8 +327,7 @@ class AsyncPoolExecutor:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        # Waits in a thread, so that the event loop keeps running meanwhile.
-        await anyio.to_thread.run_sync(self.shutdown)
+        await leave_async(self._dispatcher, exc)
 
     def __del__(self) -> None:
         dispatcher = getattr(self, "_dispatcher", None)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import select
 import signal
 import subprocess
 import sys
@@ -25,39 +24,19 @@ import pytest
 
 import aplex
 from tests import works
+from tests.support import (
+    alive,
+    descendants,
+    kill_leftovers,
+    read_line,
+    start_script,
+    stop_script,
+    wait_until_gone,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 30  # seconds for any one result: generous, the machine is shared
 PROMPTLY = 10  # seconds within which a broken pool must let everyone go
-
-
-def alive(pid: int) -> bool:
-    """Whether ``pid`` runs; a zombie (dead, not yet reaped by whoever
-    adopted it) counts as gone."""
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("State:"):
-                    return line.split()[1] != "Z"
-    except FileNotFoundError:
-        return False
-    return True
-
-
-def wait_until_gone(pids: list[int], timeout: float = PROMPTLY) -> list[int]:
-    """Return the pids still alive after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while (left := [pid for pid in pids if alive(pid)]) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return left
-
-
-def kill_leftovers(pids: list[int]) -> None:
-    # Only when a test fails: the worker processes it started must not
-    # outlive it.
-    for pid in pids:
-        if alive(pid):
-            os.kill(pid, signal.SIGKILL)
 
 
 def assert_serves(executor) -> None:
@@ -276,41 +255,6 @@ def test_importing_aplex_changes_no_signal_handler():
     assert done.stdout.split("\n")[0] == "True True", done.stdout
 
 
-def start_script(source: str) -> subprocess.Popen[bytes]:
-    # Its own session: a signal for its process group never reaches pytest.
-    return subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(source)],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-
-
-def stop_script(script: subprocess.Popen[bytes], pids: list[int]) -> None:
-    """Leave nothing behind, whatever the test found (``with`` on the Popen
-    then closes its pipes)."""
-    if script.poll() is None:
-        script.kill()
-        script.wait(timeout=10)
-    kill_leftovers(pids)
-
-
-def read_line(process: subprocess.Popen[bytes], timeout: float = TIMEOUT) -> str:
-    """Read one line of the script's output, or fail within ``timeout``."""
-    data = b""
-    deadline = time.monotonic() + timeout
-    while not data.endswith(b"\n"):
-        remaining = deadline - time.monotonic()
-        assert remaining > 0, f"no line from the script; got {data!r}"
-        ready, _, _ = select.select([process.stdout], [], [], remaining)
-        if ready:
-            chunk = os.read(process.stdout.fileno(), 1)
-            assert chunk, f"the script ended early: {process.communicate(timeout=10)}"
-            data += chunk
-    return data.decode()
-
-
 # A parent with two process workers, one running a plain work that blocks
 # its loop and one a coroutine work; it prints their pids, then blocks on a
 # result that will not come.
@@ -369,31 +313,6 @@ def _fd_count() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-def _descendants() -> dict[int, str]:
-    """This process's descendants, pid to state letter."""
-    parents: dict[int, int] = {}
-    states: dict[int, str] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as stat:
-                # "pid (comm) state ppid ...": comm may hold spaces.
-                fields = stat.read().rsplit(")", 1)[1].split()
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        states[int(entry)], parents[int(entry)] = fields[0], int(fields[1])
-    found: dict[int, str] = {}
-    frontier = [os.getpid()]
-    while frontier:
-        parent = frontier.pop()
-        for pid, ppid in parents.items():
-            if ppid == parent and pid not in found:
-                found[pid] = states[pid]
-                frontier.append(pid)
-    return found
-
-
 @pytest.mark.slow
 def test_fifty_executors_leak_no_fd_thread_or_process():
     """Creating and shutting down executors one after another must not
@@ -406,7 +325,7 @@ def test_fifty_executors_leak_no_fd_thread_or_process():
     # The first pool starts the fork server and the resource tracker, which
     # live on (with their fds) for the whole session: count after it.
     one_round()
-    fds, threads, helpers = _fd_count(), set(threading.enumerate()), _descendants()
+    fds, threads, helpers = _fd_count(), set(threading.enumerate()), descendants()
     for _ in range(50):
         one_round()
     # +-2: the interpreter may hold a transient fd (an import, /proc being
@@ -416,7 +335,7 @@ def test_fifty_executors_leak_no_fd_thread_or_process():
     # A thread of an earlier test may end during the rounds (seen on CI as a
     # count going from 2 to 1): a leak is a thread that was not there before.
     assert set(threading.enumerate()) <= threads, threading.enumerate()
-    left = _descendants()
+    left = descendants()
     assert "Z" not in left.values(), left
     assert set(left) == set(helpers)
 

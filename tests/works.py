@@ -746,3 +746,14 @@ class LoadsOnlyInError(Exception):
 
 def raise_error_that_loads_only_here(message):
     raise LoadsOnlyInError(os.getpid(), message)
+
+
+# -- Ctrl-C and exit (tests/test_ctrl_c.py)
+
+
+def plain_started_then_sleep(started_path, seconds):
+    """A long plain work: write ``started_path``, then block its worker's
+    loop for ``seconds``."""
+    _write_file(started_path)
+    time.sleep(seconds)
+    return "slept"

@@ -16,6 +16,7 @@ from typing import Any
 import anyio
 
 from ..backends import current_backend
+from .messages import ABORT
 
 
 class ThreadChannel:
@@ -37,19 +38,31 @@ class ThreadChannel:
     def put(self, items: list[Any]) -> None:
         """Add items for the worker (parent side; never blocks)."""
         with self._lock:
-            if self._closed:
-                return  # the worker has exited: the dispatcher learns it from on_exit
-            self._items.extend(items)
-            wake, self._wake = self._wake, None
-            if wake is not None:
-                assert self._call_soon is not None
-                try:
-                    self._call_soon(wake)
-                except RuntimeError:
-                    # Its loop has closed (it was waiting when it was told to
-                    # stop) and it is exiting: the dispatcher learns it from
-                    # on_exit. A cancel request may well come after a stop.
-                    pass
+            self._add(items)
+
+    def stop_now(self) -> None:
+        """Replace the items the worker has not received yet with a stop at
+        once, and take no more (parent side): the parent has ended their
+        works, and a work put after the stop must not run."""
+        with self._lock:
+            self._items.clear()
+            self._add([ABORT])
+            self._closed = True
+
+    def _add(self, items: list[Any]) -> None:
+        if self._closed:
+            return  # the worker has exited, or been stopped: the parent knows
+        self._items.extend(items)
+        wake, self._wake = self._wake, None
+        if wake is not None:
+            assert self._call_soon is not None
+            try:
+                self._call_soon(wake)
+            except RuntimeError:
+                # Its loop has closed (it was waiting when it was told to
+                # stop) and it is exiting: the dispatcher learns it from
+                # on_exit. A cancel request may well come after a stop.
+                pass
 
     async def receive(self) -> list[Any]:
         """Wait for items (worker side)."""
