@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._exceptions import ProcessExit
+from ._interrupts import INTERRUPTED, interruptible
 from ._worker.messages import TasksStarted, WorkItem
 from ._worker.pickling import (
     Pickled,
@@ -234,8 +235,18 @@ class _ProcessLink:
                 self._ready.notify()
                 return
             self._writing = True
+        # Pickling runs the arguments' __reduce__: Ctrl-C may stop it (see
+        # aplex._interrupts), and so may whatever it raises beyond an
+        # Exception. Either way the feeder gets the items, pickles them
+        # again, and fails alone a work that still cannot be; nothing may
+        # leave the writing flag set, or this worker would get nothing more.
         try:
-            data = dumps_works_or_none(items)
+            data = interruptible(dumps_works_or_none, items)
+        except BaseException:
+            data = None  # by __reduce__ itself, on a thread no signal reaches
+        if data is INTERRUPTED:
+            data = None
+        try:
             if data is not None and len(data) <= _DIRECT_WRITE_MAX:
                 self._connection.send_bytes(data)
                 items = []
