@@ -7,6 +7,7 @@ shut down: after their works end on a normal exit, at once on Ctrl-C.
 
 from __future__ import annotations
 
+import _thread
 import itertools
 import sys
 import threading
@@ -46,3 +47,24 @@ threading._register_atexit(_shutdown_at_exit)  # type: ignore[attr-defined]
 def track(dispatcher: Dispatcher) -> None:
     """Shut ``dispatcher`` down at interpreter exit if it is still alive then."""
     _live_dispatchers.add(dispatcher)
+
+
+def shut_down_later(dispatcher: Dispatcher) -> None:
+    """Shut ``dispatcher`` down without waiting, from a thread of its own.
+
+    For an executor's ``__del__``, which the garbage collector runs on
+    whatever thread allocates when it collects: a worker delivering results
+    inside the dispatcher's lock (not reentrant), a feeder inside its link's.
+    Shutting down there would deadlock; this thread waits for those locks
+    instead, and ends as soon as the workers are told to stop. A bare
+    ``_thread`` thread: starting a ``threading.Thread`` takes threading's own
+    locks, which the collecting thread may hold too.
+    """
+    try:
+        _thread.start_new_thread(_shut_down, (dispatcher,))
+    except RuntimeError:
+        pass  # the interpreter is exiting: _shutdown_at_exit stops the pool
+
+
+def _shut_down(dispatcher: Dispatcher) -> None:
+    dispatcher.shutdown(wait=False, cancel_futures=False)

@@ -39,7 +39,7 @@ from typing import Any, NamedTuple
 
 import cloudpickle
 
-from .._exceptions import RemoteError, RemoteTraceback
+from .._exceptions import RemoteError, RemoteTraceback, describe
 from .messages import FAILED, ResultItem, TasksStarted, WorkerFailure, WorkItem
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
@@ -79,7 +79,9 @@ def _drop_tracebacks(exc: BaseException) -> None:
 
 
 def dumps_works(items: list[Any], *, main: bool | None = None) -> tuple[bytes, list[ResultItem]]:
-    """Pickle a batch for a worker.
+    """Pickle a batch for a worker, on a thread that no signal reaches (the
+    feeder): whatever a ``__reduce__`` raises, even beyond an Exception,
+    fails its work alone.
 
     Args:
         items: The batch.
@@ -90,14 +92,15 @@ def dumps_works(items: list[Any], *, main: bool | None = None) -> tuple[bytes, l
         The pickled batch, and a failed result for each work that could not
         be pickled (left out of the batch).
     """
-    data = dumps_works_or_none(items, main=main)
-    if data is not None:
-        return data, []
+    try:
+        return dumps(items, main=main), []
+    except BaseException:  # tried again item by item, below
+        pass
     sendable, failed = [], []
     for item in items:
         try:
             _cloudpickle(item, main)
-        except Exception as exc:
+        except BaseException as exc:  # fails the work, named
             failed.append(ResultItem(item.work_id, FAILED, _work_pickling_error(item, exc)))
         else:
             sendable.append(item)
@@ -185,8 +188,10 @@ def _cloudpickle(obj: Any, main: bool | None = None) -> bytes:
         return file.getvalue()
 
 
-def _work_pickling_error(item: WorkItem, exc: Exception) -> pickle.PicklingError:
-    name = getattr(item.fn, "__qualname__", repr(item.fn))
+def _work_pickling_error(item: WorkItem, exc: BaseException) -> pickle.PicklingError:
+    name = getattr(item.fn, "__qualname__", None)
+    if not isinstance(name, str):
+        name = describe(item.fn)
     culprit = "the work"
     candidates: list[tuple[str, Any]] = [("the work", item.fn)]
     arguments = [a for chunk in item.args for a in chunk] if item.chunk else list(item.args)
@@ -197,12 +202,12 @@ def _work_pickling_error(item: WorkItem, exc: Exception) -> pickle.PicklingError
     for label, value in candidates:
         try:
             _cloudpickle(value)
-        except Exception:
+        except BaseException:  # found the culprit
             culprit = label
             break
     error = pickle.PicklingError(
         f"cannot send work {name} to a worker: {culprit} could not be "
-        f"pickled ({type(exc).__name__}: {exc})"
+        f"pickled ({type(exc).__name__}: {describe(exc, str_of=True)})"
     )
     error.__cause__ = exc
     return error
@@ -212,13 +217,16 @@ def dumps_results(results: list[Any]) -> bytes:
     """Pickle a batch of results for the parent; what cannot be pickled
     becomes an error the parent can read."""
     results = [_with_traceback(result) for result in results]
+    # Whatever a result's __reduce__ raises, even beyond an Exception, fails
+    # that work alone: no signal reaches a worker's pickling (a process
+    # worker ignores SIGINT, a thread worker is not the main thread).
     try:
         return pickle.dumps(results)
-    except Exception:
+    except BaseException:
         pass
     try:
         return _cloudpickle(results)
-    except Exception:
+    except BaseException:
         pass
     return _cloudpickle([_sendable_result(result) for result in results])
 
@@ -241,19 +249,20 @@ def _round_trips(exc: BaseException) -> BaseException:
     the work is known, than in the parent."""
     try:
         pickle.loads(dumps(exc))
-    except Exception as error:
+    except BaseException as error:  # see dumps_results
         return _remote_error(exc, error)
     return exc
 
 
 def _remote_error(
-    exc: BaseException, pickling_error: Exception, formatted: str | None = None
+    exc: BaseException, pickling_error: BaseException, formatted: str | None = None
 ) -> RemoteError:
+    # Every text here may come from user code that raises (a __str__).
     return RemoteError(
         f"{type(exc).__module__}.{type(exc).__qualname__}",
-        str(exc),
+        describe(exc, str_of=True),
         "".join(traceback.format_exception(exc)) if formatted is None else formatted,
-        f"{type(pickling_error).__name__}: {pickling_error}",
+        f"{type(pickling_error).__name__}: {describe(pickling_error, str_of=True)}",
     )
 
 
@@ -261,7 +270,7 @@ def _sendable_result(result: Any) -> Any:
     try:
         _cloudpickle(result)
         return result
-    except Exception as exc:
+    except BaseException as exc:  # see dumps_results
         pickling_error = exc
     if type(result) is WorkerFailure:
         wrapped: _ExceptionWithTraceback = result.error  # type: ignore[assignment]  # see _with_traceback
@@ -275,7 +284,8 @@ def _sendable_result(result: Any) -> Any:
         )
     error = pickle.PicklingError(
         f"cannot send the result back from the worker: a {type(value).__name__} object "
-        f"could not be pickled ({type(pickling_error).__name__}: {pickling_error})"
+        f"could not be pickled ({type(pickling_error).__name__}: "
+        f"{describe(pickling_error, str_of=True)})"
     )
     return ResultItem(work_id, FAILED, _ExceptionWithTraceback(error))
 
