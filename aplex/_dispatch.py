@@ -42,7 +42,8 @@ from functools import partial
 from types import CodeType, MappingProxyType
 from typing import Any, Protocol
 
-from ._exceptions import AplexWorkerError
+from ._exceptions import AplexWorkerError, describe
+from ._interrupts import deferred, keep
 from ._lifecycle import STOP_GRACE, track
 from ._worker.messages import (
     CANCELLED,
@@ -330,12 +331,13 @@ class Dispatcher:
         work = _Work(self, next(self._ids), fn, args, kwargs, chunk, meta)
         future = work.future
         assert future is not None
-        with self._lock:
-            self._check_open()
-            if self._waiting or not self._place(work):
-                self._waiting.append(work)
-            effects = self._leave()
-        self._after(effects)
+        with deferred:
+            with self._lock:
+                self._check_open()
+                if self._waiting or not self._place(work):
+                    self._waiting.append(work)
+                effects = self._leave()
+            self._after(effects)
         return future
 
     def _cancel(self, work: _Work, future: ConcurrentFuture[Any]) -> bool:
@@ -343,31 +345,34 @@ class Dispatcher:
             return future.cancelled()
         # Outside the lock: inspecting a callable may run its own code.
         is_coroutine = _is_coroutine_function(work.fn)
-        with self._lock:
-            if work.cancelled:
-                return True
-            if work.state == _ENDED:
-                return future.cancelled()
-            if work.state == _WAITING:
-                work.end()
-                self._waiting_cancelled += 1
-                self._dispatch_waiting()
-            elif work.state == _TASK or is_coroutine:
-                # The work's slot stays taken until its worker answers.
-                assert work.worker is not None
-                self._send_later(work.worker.index, CancelItem(work.work_id))
-            else:
-                return False
-            work.cancelled = True
-            self._cancelled += 1
-            effects = self._leave()
-        self._after(effects)
-        return future.set_cancelled()
+        with deferred:
+            with self._lock:
+                if work.cancelled:
+                    return True
+                if work.state == _ENDED:
+                    return future.cancelled()
+                if work.state == _WAITING:
+                    work.end()
+                    self._waiting_cancelled += 1
+                    self._dispatch_waiting()
+                elif work.state == _TASK or is_coroutine:
+                    # The work's slot stays taken until its worker answers.
+                    assert work.worker is not None
+                    self._send_later(work.worker.index, CancelItem(work.work_id))
+                else:
+                    return False
+                work.cancelled = True
+                self._cancelled += 1
+                effects = self._leave()
+            self._after(effects)
+            return future.set_cancelled()
 
     def shutdown(self, *, wait: bool, cancel_futures: bool) -> None:
         """Take no new works; stop the workers once the works taken have ended.
 
-        Ctrl-C while it waits stops the pool at once (see :meth:`stop_now`).
+        Ctrl-C cannot stop it half-way through cancelling (see
+        :mod:`aplex._interrupts`); Ctrl-C while it waits for the workers
+        stops the pool at once (see :meth:`stop_now`).
 
         Raises:
             RuntimeError: ``wait`` on one of the pool's own threads (a thread
@@ -382,25 +387,26 @@ class Dispatcher:
             )
         futures: list[ConcurrentFuture[Any]] = []
         running: list[_Work] = []
-        with self._lock:
-            self._shutdown = True
-            if cancel_futures and self._broken is None:
-                for work in self._waiting:
-                    if not work.cancelled:
-                        futures.append(work.end())
-                        work.cancelled = True
-                        self._cancelled += 1
-                self._waiting.clear()
-                self._waiting_cancelled = 0
-                # Nothing waits any more, so nothing starts from now on.
-                running = [work for work in self._running.values() if not work.cancelled]
-            self._dispatch_waiting()
-            effects = self._leave()
-        self._after(effects)
-        for future in futures:
-            future.set_cancelled()
-        if running:
-            self._cancel_running(running)
+        with deferred:
+            with self._lock:
+                self._shutdown = True
+                if cancel_futures and self._broken is None:
+                    for work in self._waiting:
+                        if not work.cancelled:
+                            futures.append(work.end())
+                            work.cancelled = True
+                            self._cancelled += 1
+                    self._waiting.clear()
+                    self._waiting_cancelled = 0
+                    # Nothing waits any more, so nothing starts from now on.
+                    running = [work for work in self._running.values() if not work.cancelled]
+                self._dispatch_waiting()
+                effects = self._leave()
+            self._after(effects)
+            for future in futures:
+                future.set_cancelled()
+            if running:
+                self._cancel_running(running)
         if wait:
             try:
                 self._pool.join()
@@ -409,31 +415,36 @@ class Dispatcher:
                 raise
             # Every worker has reported all it ran before exiting; a work
             # still unsettled now was lost with a worker that died.
-            with self._lock:
-                if self._running or self._waiting:
-                    self._break(AplexWorkerError("a worker exited without reporting all its works"))
-                effects = self._leave()
-            self._after(effects)
+            with deferred:
+                with self._lock:
+                    if self._running or self._waiting:
+                        self._break(
+                            AplexWorkerError("a worker exited without reporting all its works")
+                        )
+                    effects = self._leave()
+                self._after(effects)
 
     def _cancel_running(self, running: list[_Work]) -> None:
         """Cancel those of ``running`` that run as tasks (for shutdown)."""
         # Outside the lock: inspecting a callable may run its own code.
         coroutines = {work.work_id for work in running if _is_coroutine_function(work.fn)}
         futures: list[ConcurrentFuture[Any]] = []
-        with self._lock:
-            for work in running:
-                if (
-                    work.state == _TASK or (work.state == _RUNNING and work.work_id in coroutines)
-                ) and not work.cancelled:
-                    assert work.worker is not None and work.future is not None
-                    self._send_later(work.worker.index, CancelItem(work.work_id))
-                    futures.append(work.future)
-                    work.cancelled = True
-                    self._cancelled += 1
-            effects = self._leave()
-        self._after(effects)
-        for future in futures:
-            future.set_cancelled()
+        with deferred:
+            with self._lock:
+                for work in running:
+                    if (
+                        work.state == _TASK
+                        or (work.state == _RUNNING and work.work_id in coroutines)
+                    ) and not work.cancelled:
+                        assert work.worker is not None and work.future is not None
+                        self._send_later(work.worker.index, CancelItem(work.work_id))
+                        futures.append(work.future)
+                        work.cancelled = True
+                        self._cancelled += 1
+                effects = self._leave()
+            self._after(effects)
+            for future in futures:
+                future.set_cancelled()
 
     def stop_now(self, *, wait: bool = True) -> None:
         """Stop at once, as Ctrl-C asks: take no new works, end every
@@ -454,29 +465,30 @@ class Dispatcher:
                 call :meth:`wait_stopped` later.
         """
         running: list[tuple[int, Callable[..., Any], int]] = []
-        with self._lock:
-            stopping = not self._stopped_now and self._broken is None
-            self._stopped_now = self._shutdown = True
-            if stopping:  # else stopped already, or broken (its workers stopped)
-                running = [
-                    (work.worker.index, work.fn, work.state)
-                    for work in self._running.values()
-                    if work.worker is not None
-                ]
-                self._end_unfinished(CANCELLED, None)
-                # Nothing more goes to the workers but the stop.
-                self._outbox.clear()
-                self._stop_sent = True
-            effects = self._leave()
-        self._after(effects)
-        if stopping:
-            # Outside the lock: inspecting a callable may run its own code.
-            busy = {
-                index
-                for index, fn, state in running
-                if state != _TASK and not _is_coroutine_function(fn)
-            }
-            self._pool.stop_now(busy)
+        with deferred:
+            with self._lock:
+                stopping = not self._stopped_now and self._broken is None
+                self._stopped_now = self._shutdown = True
+                if stopping:  # else stopped already, or broken (its workers stopped)
+                    running = [
+                        (work.worker.index, work.fn, work.state)
+                        for work in self._running.values()
+                        if work.worker is not None
+                    ]
+                    self._end_unfinished(CANCELLED, None)
+                    # Nothing more goes to the workers but the stop.
+                    self._outbox.clear()
+                    self._stop_sent = True
+                effects = self._leave()
+            self._after(effects)
+            if stopping:
+                # Outside the lock: inspecting a callable may run its own code.
+                busy = {
+                    index
+                    for index, fn, state in running
+                    if state != _TASK and not _is_coroutine_function(fn)
+                }
+                self._pool.stop_now(busy)
         if wait:
             self.wait_stopped(time.monotonic() + STOP_GRACE)
 
@@ -627,15 +639,22 @@ class Dispatcher:
             return False
         try:
             worker = self._balancer.get_proper_worker(work.meta)
-        except Exception as exc:
-            error = self._balancer_fault(f"raised {exc!r} while choosing a worker")
+        except BaseException as exc:
+            # Even a KeyboardInterrupt of the balancer's own making fails
+            # only this work: the section around must end whole. It is
+            # raised to the caller once it has (on the main thread).
+            if not isinstance(exc, Exception):
+                keep(exc)
+            error = self._balancer_fault(f"raised {describe(exc)} while choosing a worker")
             error.__cause__ = exc
             return self._reject(work, error)
         load = self._workloads.get(worker) if isinstance(worker, Worker) else None
         if load is None:
             return self._reject(
                 work,
-                self._balancer_fault(f"returned {worker!r}, which is not a worker of this pool"),
+                self._balancer_fault(
+                    f"returned {describe(worker)}, which is not a worker of this pool"
+                ),
             )
         if self._limit is not None and load >= self._limit:
             return self._reject(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import signal
 from concurrent.futures import BrokenExecutor
 
-__all__ = ["AplexWorkerError", "ProcessExit", "RemoteError", "RemoteTraceback"]
+__all__ = ["AplexWorkerError", "ProcessExit", "RemoteError", "RemoteTraceback", "describe"]
 
 
 class AplexWorkerError(BrokenExecutor):
@@ -76,3 +76,14 @@ class ProcessExit(Exception):
             how = f"exited with code {exitcode}"
         super().__init__(f"the worker process {how}")
         self.exitcode = exitcode
+
+
+def describe(obj: object, *, str_of: bool = False) -> str:
+    """``repr(obj)`` (or ``str(obj)``) for an error message, even when that
+    raises: an error about a work must not turn into an error about its
+    ``__repr__``."""
+    try:
+        return str(obj) if str_of else repr(obj)
+    except Exception as exc:
+        how = "str" if str_of else "repr"
+        return f"<{type(obj).__qualname__} object; its {how}() raised {type(exc).__name__}>"

@@ -45,6 +45,7 @@ its exit would do to them.
 
 from __future__ import annotations
 
+import _thread
 import asyncio
 import atexit
 import itertools
@@ -254,3 +255,24 @@ def _forget_pools_after_fork() -> None:
 
 if hasattr(os, "register_at_fork"):  # not on Windows, which cannot fork
     os.register_at_fork(after_in_child=_forget_pools_after_fork)
+
+
+def shut_down_later(dispatcher: Dispatcher) -> None:
+    """Shut ``dispatcher`` down without waiting, from a thread of its own.
+
+    For an executor's ``__del__``, which the garbage collector runs on
+    whatever thread allocates when it collects: a worker delivering results
+    inside the dispatcher's lock (not reentrant), a feeder inside its link's.
+    Shutting down there would deadlock; this thread waits for those locks
+    instead, and ends as soon as the workers are told to stop. A bare
+    ``_thread`` thread: starting a ``threading.Thread`` takes threading's own
+    locks, which the collecting thread may hold too.
+    """
+    try:
+        _thread.start_new_thread(_shut_down, (dispatcher,))
+    except RuntimeError:
+        pass  # the interpreter is exiting: _shutdown_at_exit stops the pool
+
+
+def _shut_down(dispatcher: Dispatcher) -> None:
+    dispatcher.shutdown(wait=False, cancel_futures=False)

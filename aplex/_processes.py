@@ -40,6 +40,7 @@ from collections.abc import Callable, Collection
 from typing import Any
 
 from ._exceptions import ProcessExit
+from ._interrupts import INTERRUPTED, interruptible
 from ._worker.messages import (
     ABORT,
     RELOAD,
@@ -359,8 +360,18 @@ class _ProcessLink:
             self._writing = True
         if alone:
             alone.discard(getattr(items[0], "work_id", -1))  # goes alone now
+        # Pickling runs the arguments' __reduce__: Ctrl-C may stop it (see
+        # aplex._interrupts), and so may whatever it raises beyond an
+        # Exception. Either way the feeder gets the items, pickles them
+        # again, and fails alone a work that still cannot be; nothing may
+        # leave the writing flag set, or this worker would get nothing more.
         try:
-            data = dumps_works_or_none(items)
+            data = interruptible(dumps_works_or_none, items)
+        except BaseException:
+            data = None  # by __reduce__ itself, on a thread no signal reaches
+        if data is INTERRUPTED:
+            data = None
+        try:
             if data is not None and len(data) <= _DIRECT_WRITE_MAX:
                 self._connection.send_bytes(data)
                 items = []

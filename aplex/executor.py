@@ -55,8 +55,8 @@ from ._dispatch import (
     WorkerStatistics,
     reject_async_generator_function,
 )
-from ._exceptions import AplexWorkerError, RemoteError
-from ._lifecycle import leave, leave_async, next_pool_id
+from ._exceptions import AplexWorkerError, RemoteError, describe
+from ._lifecycle import leave, leave_async, next_pool_id, shut_down_later
 from ._map import AsyncResults, MapFeed, iterate
 from .backends import get_backend
 from .futures import ConcurrentFuture, wait_future
@@ -339,7 +339,7 @@ class AsyncPoolExecutor:
                 source=self,
                 stacklevel=1,
             )
-            dispatcher.shutdown(wait=False, cancel_futures=False)
+            shut_down_later(dispatcher)
 
 
 def _check_work(work: Any) -> None:
@@ -347,11 +347,11 @@ def _check_work(work: Any) -> None:
     if not callable(work):
         if inspect.iscoroutine(work):
             raise TypeError(
-                f"work must be callable, got the coroutine object {work!r}: pass the "
+                f"work must be callable, got the coroutine object {describe(work)}: pass the "
                 "coroutine function and its arguments, as submit(fetch, url), "
                 "not submit(fetch(url))"
             )
-        raise TypeError(f"work must be callable, got {work!r}")
+        raise TypeError(f"work must be callable, got {describe(work)}")
 
 
 def _check_size(name: str, value: Any) -> None:

@@ -22,13 +22,14 @@ import threading
 import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Generator, Iterable
-from concurrent.futures._base import PENDING, RUNNING
+from concurrent.futures._base import LOGGER, PENDING, RUNNING
 from functools import partial
 from typing import Any, Generic, TypeVar
 
 import anyio
 import anyio.lowlevel
 
+from ._interrupts import deferred, interruptible, keep
 from .backends import current_backend
 
 T = TypeVar("T")
@@ -88,6 +89,29 @@ class ConcurrentFuture(concurrent.futures.Future[T]):
         self.set_running_or_notify_cancel()
         return True
 
+    def _invoke_callbacks(self) -> None:
+        # The executor ends futures on its own threads and, for cancel() and
+        # shutdown(), on the caller's, inside a section Ctrl-C does not cut
+        # short (see aplex._interrupts): a user's callback may still be
+        # interrupted there, aplex's own (which wake awaiting loops) never.
+        # Whatever one callback raises, the next ones run: the standard
+        # library stops at a BaseException, which on a thread of the pool
+        # would lose the other callbacks, and the thread.
+        for callback in self._done_callbacks:
+            try:
+                if type(callback) is _Internal:
+                    callback(self)
+                else:
+                    interruptible(callback, self)
+            except Exception:
+                LOGGER.exception("exception calling callback for %r", self)
+            except BaseException as exc:
+                if keep(exc):  # raised once the caller's section ends
+                    continue
+                if threading.current_thread() is threading.main_thread():
+                    raise  # the program's own set_result(): as the standard library does
+                LOGGER.exception("exception calling callback for %r", self)
+
 
 class _FutureCondition(threading.Condition):
     """A condition that binds no methods when made.
@@ -139,7 +163,7 @@ class AsyncioFuture(asyncio.Future[T]):
     ):
         super().__init__(loop=loop)
         self._concurrent_future = concurrent_future
-        concurrent_future.add_done_callback(self._copy_state_threadsafe)
+        concurrent_future.add_done_callback(_Internal(self._copy_state_threadsafe))
 
     def cancel(self, msg: Any | None = None) -> bool:
         """Cancel the work where it can be, and end this view cancelled.
@@ -171,7 +195,7 @@ class AsyncioFuture(asyncio.Future[T]):
         if exception is None:
             self.set_result(concurrent_future.result())
         else:
-            self.set_exception(exception)
+            self.set_exception(awaitable_exception(exception))
 
 
 class TrioFuture(Generic[T]):
@@ -241,14 +265,47 @@ async def wait_future(future: concurrent.futures.Future[T]) -> T:
     if not future.done():
         ended = anyio.Event()
         call_soon = current_backend().threadsafe_caller()
-        waker = _waker(call_soon)
-        future.add_done_callback(lambda _: waker.wake(call_soon, ended.set))
+        future.add_done_callback(_Internal(_wake, _waker(call_soon), call_soon, ended.set))
         try:
             await ended.wait()
         except BaseException:
             future.cancel()
             raise
+    exception = future.exception()
+    if exception is not None:
+        raise awaitable_exception(exception)
     return future.result()
+
+
+def _wake(
+    waker: _Waker,
+    call_soon: Callable[[Callable[[], object]], object],
+    set_event: Callable[[], object],
+    _: object,
+) -> None:
+    waker.wake(call_soon, set_event)
+
+
+def awaitable_exception(exception: BaseException) -> BaseException:
+    """What awaiting a work that raised ``exception`` raises.
+
+    ``StopIteration`` and ``StopAsyncIteration`` cannot travel through an
+    ``await`` as they are: asyncio refuses the first in a future, and either
+    would silently end the iteration of a generator or async iterator
+    around the ``await``. They become a RuntimeError caused by them, as
+    PEP 479 makes of a coroutine that raises StopIteration.
+    """
+    if isinstance(exception, (StopIteration, StopAsyncIteration)):
+        error = RuntimeError(f"the work raised {type(exception).__name__}")
+        error.__cause__ = exception
+        return error
+    return exception
+
+
+class _Internal(partial[None]):
+    """A done callback of aplex's own (it wakes an awaiting loop or
+    iterator): never left to Ctrl-C, unlike a user's (see
+    ConcurrentFuture._invoke_callbacks)."""
 
 
 def as_completed(futures: Iterable[F]) -> AsyncIterator[F]:
@@ -324,15 +381,16 @@ class Completions(Generic[T]):
 
     def watch(self, future: Any, item: T) -> None:
         """Hand out ``item`` once ``future`` has ended."""
-        future.add_done_callback(lambda _: self._put(item))
+        future.add_done_callback(_Internal(self._put, item))
 
-    def _put(self, item: T) -> None:
-        with self._ready:
-            self._done.append(item)
-            self._ready.notify()
-            wake, self._wake = self._wake, None
-        if wake is not None:
-            wake()
+    def _put(self, item: T, _: object = None) -> None:
+        with deferred:
+            with self._ready:
+                self._done.append(item)
+                self._ready.notify()
+                wake, self._wake = self._wake, None
+            if wake is not None:
+                wake()
 
     def next(self, timeout: float | None = None) -> T:
         """Wait for the next item.
@@ -397,22 +455,35 @@ class _Waker:
     ) -> None:
         """Have ``set_event`` called on the loop that ``call_soon`` calls
         into (from any thread)."""
-        with self._lock:
-            self._pending.append(set_event)
-            if len(self._pending) > 1:
-                return  # a drain is already on its way
-        try:
-            call_soon(self._drain)
-        except Exception:
-            # The loop has ended: nobody is waiting any more.
+        # Deferred: a Ctrl-C between the append and the call would leave
+        # a drain expected that never comes, and this loop's waiters, all
+        # of them from then on, waiting for ever.
+        with deferred:
             with self._lock:
-                self._pending.clear()
+                self._pending.append(set_event)
+                if len(self._pending) > 1:
+                    return  # a drain is already on its way
+            try:
+                call_soon(self._drain)
+            except Exception:
+                # The loop has ended: nobody is waiting any more.
+                with self._lock:
+                    self._pending.clear()
 
     def _drain(self) -> None:
-        with self._lock:
-            pending, self._pending = self._pending, []
-        for set_event in pending:
-            set_event()
+        # Each waiter is woken whatever another's wake-up raises: the
+        # first error is raised at the end, for the loop to report.
+        error: BaseException | None = None
+        with deferred:
+            with self._lock:
+                pending, self._pending = self._pending, []
+            for set_event in pending:
+                try:
+                    set_event()
+                except BaseException as exc:
+                    error = error or exc
+        if error is not None:
+            raise error
 
 
 # One waker per event loop, keyed by what its thread-safe call is bound to

@@ -22,6 +22,14 @@ loop, not on the contract. So the rules never send a work to a worker held
 by a blocking plain work, and never release or cancel a coroutine work held
 there; everything else (waiting works, cancellation while waiting or
 running, a raising work, both kinds of shutdown) is modelled exactly.
+
+**Interrupts.** A real Ctrl-C lands at a moment no model can predict (the
+Ctrl-C storms of tests/test_interrupts.py cover it); what can be modelled
+is a KeyboardInterrupt raised synchronously inside aplex's critical
+sections: by the load balancer (called under the dispatcher's lock) while a
+new work is placed, and by a done callback while ``cancel()`` settles its
+future. Either way the caller gets the KeyboardInterrupt once the section is
+whole, and every future still ends as predicted.
 """
 
 from __future__ import annotations
@@ -138,8 +146,23 @@ class ExecutorMachine(RuleBasedStateMachine):
     @initialize(worker_backend=st.sampled_from(["asyncio", "trio"]))
     def start(self, worker_backend: str) -> None:
         before = set(threading.enumerate())
+        machine = self
+
+        class Interrupting(aplex.load_balancers.RoundRobin):
+            """RoundRobin, but raises KeyboardInterrupt once when armed."""
+
+            def get_proper_worker(self, meta: Any) -> Any:
+                if machine.armed:
+                    machine.armed = False
+                    raise KeyboardInterrupt
+                return super().get_proper_worker(meta)
+
+        self.armed = False
         self.executor = aplex.ThreadAsyncPoolExecutor(
-            pool_size=POOL_SIZE, max_works_per_worker=MAX_WORKS, worker_backend=worker_backend
+            pool_size=POOL_SIZE,
+            max_works_per_worker=MAX_WORKS,
+            worker_backend=worker_backend,
+            load_balancer=Interrupting,
         )
         self.threads = [
             t for t in threading.enumerate() if t not in before and t.name.startswith("aplex-")
@@ -282,6 +305,56 @@ class ExecutorMachine(RuleBasedStateMachine):
     @rule()
     def submit_plain_work(self) -> None:
         self.submit(coroutine=False)
+
+    @precondition(lambda self: not self.shut and self.next_placement() is not None)
+    @rule(coroutine=st.booleans())
+    def submit_while_the_balancer_interrupts(self, coroutine: bool) -> None:
+        """The balancer raises KeyboardInterrupt while placing a new work:
+        submit() raises it, the work (whose future the caller never got)
+        fails, and nothing else changes: RoundRobin did not move on."""
+        tag = next(self.tags)
+        control = Control(tag, self.recorder)
+        self.armed = True
+        with pytest.raises(KeyboardInterrupt):
+            self.executor.submit(works.async_controlled if coroutine else works.controlled, control)
+        assert not self.armed, "the balancer was not asked"
+        self.failed += 1
+        self.settle()
+        assert not control.started.is_set()
+
+    def cancellable_at_once(self) -> list[Job]:
+        return [
+            job
+            for job in self.cancellable()
+            if job.state == "waiting" or (job.state == "running" and job.coroutine)
+        ]
+
+    @precondition(lambda self: self.cancellable_at_once())
+    @rule(data=st.data())
+    def cancel_with_an_interrupting_callback(self, data: st.DataObject) -> None:
+        """A done callback raises KeyboardInterrupt as cancel() settles the
+        future on this thread: cancel() raises it once its bookkeeping is
+        done, and the callbacks after it still run."""
+        job = data.draw(st.sampled_from(self.cancellable_at_once()), label="work")
+        after: list[bool] = []
+
+        def interrupt(_: Any) -> None:
+            raise KeyboardInterrupt
+
+        job.future.add_done_callback(interrupt)
+        job.future.add_done_callback(lambda _: after.append(True))
+        with pytest.raises(KeyboardInterrupt):
+            job.future.cancel()
+        assert after == [True], "a callback after the interrupting one did not run"
+        assert job.future.cancelled()
+        if job.state == "waiting":
+            self.waiting.remove(job.tag)
+            job.cancelled_waiting = True
+            self.end(job, "cancelled")
+        else:
+            self.end(job, "cancelled")
+            self.free_slot_of(job)
+        self.settle()
 
     @precondition(lambda self: not self.shut and self.placement_is_modelled())
     @rule(extra=st.lists(st.booleans(), min_size=1, max_size=2))

@@ -757,3 +757,96 @@ def plain_started_then_sleep(started_path, seconds):
     _write_file(started_path)
     time.sleep(seconds)
     return "slept"
+
+
+# -- issue 17: interrupts, callbacks, evil objects -----------------------------
+
+
+class RaisesOnReduce:
+    """An argument whose pickling raises ``exception`` the first ``times``
+    times (on whichever thread pickles it), then pickles as 7."""
+
+    def __init__(self, exception, times=1):
+        self.exception, self.times, self.calls = exception, times, 0
+
+    def __reduce__(self):
+        self.calls += 1
+        if self.calls <= self.times:
+            raise self.exception
+        return (int, (7,))
+
+
+class SlowReduce:
+    """An argument whose first pickling sets ``started`` and blocks until
+    ``release`` is set (at most ``timeout`` s); later ones pickle as 7 at once."""
+
+    def __init__(self, started, release, timeout=30):
+        self.started, self.release, self.timeout, self.calls = started, release, timeout, 0
+
+    def __reduce__(self):
+        self.calls += 1
+        if self.calls == 1:
+            self.started.set()
+            self.release.wait(self.timeout)
+        return (int, (7,))
+
+
+class UnprintableError(Exception):
+    """Cannot be unpickled (its __init__ wants two arguments) and its
+    ``__str__`` raises."""
+
+    def __init__(self, code, detail):
+        super().__init__(code)
+        self.detail = detail
+
+    def __str__(self):
+        raise ValueError("no str for you")
+
+
+def raise_unprintable():
+    raise UnprintableError(1, "detail")
+
+
+def raise_stop_iteration():
+    raise StopIteration("stopped")
+
+
+async def async_raise_stop_async_iteration():
+    raise StopAsyncIteration("stopped")
+
+
+class EvilRepr:
+    """A callable that cannot be pickled (it holds a lock) and whose
+    ``repr()`` raises."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+
+    def __call__(self):
+        return "called"
+
+    def __repr__(self):
+        raise RuntimeError("no repr for you")
+
+
+class NotCallableEvilRepr:
+    def __repr__(self):
+        raise RuntimeError("no repr for you")
+
+
+class GatedUnpicklable:
+    """An argument whose pickling waits for ``gate`` (at most ``timeout``
+    s), then fails: the work can be made to fail on the feeder thread."""
+
+    def __init__(self, gate, timeout=30):
+        self.gate, self.timeout = gate, timeout
+
+    def __reduce__(self):
+        self.gate.wait(self.timeout)
+        raise TypeError("this argument cannot be pickled")
+
+
+async def async_stop_async_iteration_at(x, stop_at):
+    if x == stop_at:
+        raise StopAsyncIteration("stopped")
+    return x

@@ -52,7 +52,7 @@ from typing import Any, NamedTuple
 
 import cloudpickle
 
-from .._exceptions import RemoteError, RemoteTraceback
+from .._exceptions import RemoteError, RemoteTraceback, describe
 from .messages import (
     FAILED,
     NOT_LOADED,
@@ -94,7 +94,12 @@ class _ExceptionWithTraceback:
         formatted = "".join(traceback.format_exception(exc))
         text = '\n"""\n' + formatted + '"""'
         type_name = f"{type(exc).__module__}.{type(exc).__qualname__}"
-        self._rebuild_args = (_dumps_exception(exc, formatted), text, type_name, _str(exc))
+        self._rebuild_args = (
+            _dumps_exception(exc, formatted),
+            text,
+            type_name,
+            describe(exc, str_of=True),
+        )
         _drop_tracebacks(exc)
 
     def __reduce__(self) -> tuple[Callable[..., BaseException], tuple[Any, ...]]:
@@ -109,16 +114,9 @@ def _dumps_exception(exc: BaseException, formatted: str) -> bytes:
     try:
         data = dumps(exc)
         pickle.loads(data)
-    except Exception as error:
+    except BaseException as error:  # see dumps_results
         return dumps(_remote_error(exc, error, formatted))
     return data
-
-
-def _str(exc: BaseException) -> str:
-    try:
-        return str(exc)
-    except Exception:
-        return f"<str() of this {type(exc).__name__} raised>"
 
 
 def _with_ids(data: bytes, ids: list[int]) -> bytes:
@@ -156,7 +154,9 @@ def _drop_tracebacks(exc: BaseException) -> None:
 def dumps_works(
     items: list[Any], *, main: bool | None = None
 ) -> tuple[bytes | None, list[ResultItem]]:
-    """Pickle a batch of works for a worker.
+    """Pickle a batch of works for a worker, on a thread that no signal
+    reaches (the feeder): whatever a ``__reduce__`` raises, even beyond an
+    Exception, fails its work alone.
 
     Args:
         items: The batch.
@@ -174,7 +174,7 @@ def dumps_works(
     for item in items:
         try:
             _cloudpickle(item, main)
-        except Exception as exc:
+        except BaseException as exc:  # fails the work, named
             failed.append(ResultItem(item.work_id, FAILED, _work_pickling_error(item, exc)))
         else:
             sendable.append(item)
@@ -196,7 +196,7 @@ def dumps_works_or_none(items: list[Any], *, main: bool | None = None) -> bytes 
             return None
     try:
         return _with_ids(dumps(items, main=main), ids)
-    except Exception:
+    except BaseException:  # tried again item by item (see dumps_works)
         return None
 
 
@@ -283,7 +283,7 @@ def _cloudpickle(obj: Any, main: bool | None = None) -> bytes:
         return file.getvalue()
 
 
-def _work_pickling_error(item: WorkItem, exc: Exception) -> pickle.PicklingError:
+def _work_pickling_error(item: WorkItem, exc: BaseException) -> pickle.PicklingError:
     name = _work_name(item.fn)
     culprit = "the work"
     candidates: list[tuple[str, Any]] = [("the work", item.fn)]
@@ -295,12 +295,12 @@ def _work_pickling_error(item: WorkItem, exc: Exception) -> pickle.PicklingError
     for label, value in candidates:
         try:
             _cloudpickle(value)
-        except Exception:
+        except BaseException:  # found the culprit
             culprit = label
             break
     error = pickle.PicklingError(
         f"cannot send work {name} to a worker: {culprit} could not be "
-        f"pickled ({type(exc).__name__}: {exc})"
+        f"pickled ({type(exc).__name__}: {describe(exc, str_of=True)})"
     )
     error.__cause__ = exc
     return error
@@ -328,12 +328,15 @@ def _sendable(result: Any) -> Any:
         return (work_id, FAILED, _ExceptionWithTraceback(value))
     if type(value) in _PLAIN:
         return result
+    # Whatever a result's __reduce__ raises, even beyond an Exception, fails
+    # that work alone: no signal reaches a worker's pickling (a process
+    # worker ignores SIGINT, a thread worker is not the main thread).
     try:
         try:
             data = pickle.dumps(value)
-        except Exception:
+        except BaseException:
             data = _cloudpickle(value)
-    except Exception as exc:
+    except BaseException as exc:
         error = pickle.PicklingError(
             f"cannot send the result back from the worker: a {type(value).__name__} object "
             f"could not be pickled ({_describe(exc)})"
@@ -376,7 +379,7 @@ def _describe(exc: BaseException) -> str:
     """The error, and the function that raised it when that is not the
     unpickler's own machinery: for a reconstructor that raises, which class
     would not load."""
-    description = f"{type(exc).__name__}: {_str(exc)}"
+    description = f"{type(exc).__name__}: {describe(exc, str_of=True)}"
     frames = traceback.extract_tb(exc.__traceback__)
     if frames:
         frame = frames[-1]
@@ -402,18 +405,18 @@ def load_error(failure: LoadFailure, fn: Callable[..., Any]) -> pickle.Unpicklin
 
 def _work_name(fn: Callable[..., Any]) -> str:
     qualname = getattr(fn, "__qualname__", None)
-    if qualname is None:
-        return repr(fn)
+    if not isinstance(qualname, str):
+        return describe(fn)
     module = getattr(fn, "__module__", None)
-    return f"{module}.{qualname}" if module else qualname
+    return f"{module}.{qualname}" if isinstance(module, str) and module else qualname
 
 
 def _remote_error(
-    exc: BaseException, pickling_error: Exception, formatted: str | None = None
+    exc: BaseException, pickling_error: BaseException, formatted: str | None = None
 ) -> RemoteError:
     return RemoteError(
         f"{type(exc).__module__}.{type(exc).__qualname__}",
-        _str(exc),
+        describe(exc, str_of=True),
         "".join(traceback.format_exception(exc)) if formatted is None else formatted,
         _describe(pickling_error),
     )
