@@ -167,7 +167,10 @@ def dumps_works(
         The pickled batch (None if no work could be pickled), and a failed
         result for each work that could not be (left out of the batch).
     """
-    data = dumps_works_or_none(items, main=main)
+    try:
+        data = dumps_works_or_none(items, main=main)
+    except BaseException:  # tried again item by item, below
+        data = None
     if data is not None:
         return data, []
     sendable, failed = [], []
@@ -196,7 +199,10 @@ def dumps_works_or_none(items: list[Any], *, main: bool | None = None) -> bytes 
             return None
     try:
         return _with_ids(dumps(items, main=main), ids)
-    except BaseException:  # tried again item by item (see dumps_works)
+    except Exception:
+        # Anything more (a KeyboardInterrupt, a __reduce__'s SystemExit) is
+        # for the caller: put() on the main thread raises it once its
+        # section is whole, the feeder fails the work (see dumps_works).
         return None
 
 
