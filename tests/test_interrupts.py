@@ -51,7 +51,7 @@ def run_program(source, *args, timeout=RUN_TIMEOUT):
 
 
 STORM = """
-import os, signal, subprocess, sys, threading, time
+import os, select, signal, subprocess, sys, time
 
 import aplex
 from tests import works
@@ -64,11 +64,9 @@ Executor = aplex.ThreadAsyncPoolExecutor if kind == "thread" else aplex.ProcessA
 # own loop and the interpreter's exit are not what is tested). It disarms
 # itself, so that the program's handling of one is not cut short by the next.
 armed = [False]
-first_signal = threading.Event()
 
 
 def on_sigint(signum, frame):
-    first_signal.set()
     if armed[0]:
         armed[0] = False
         raise KeyboardInterrupt
@@ -117,11 +115,18 @@ def run():
     else:  # shutdown(cancel_futures=True) under Ctrl-C, thousands waiting
         for i in range(3000):
             futures[pool.submit(works.async_sleep, 60, i)] = None
-        first_signal.clear()
-        sender = interrupter()
         # The sender's interpreter may take longer to start, on a loaded
-        # machine, than the whole shutdown: the storm must be on first.
-        first_signal.wait(30)
+        # machine, than the whole shutdown: the storm must be on first. The
+        # interpreter writes to the wakeup fd as a signal comes (a Python
+        # handler cannot set an Event: the next signal would re-enter it).
+        wakeup_read, wakeup_write = os.pipe()
+        os.set_blocking(wakeup_write, False)
+        signal.set_wakeup_fd(wakeup_write)
+        sender = interrupter()
+        select.select([wakeup_read], [], [], 30)
+        signal.set_wakeup_fd(-1)
+        os.close(wakeup_read)
+        os.close(wakeup_write)
         while True:
             try:
                 armed[0] = True
