@@ -43,12 +43,14 @@ from ._exceptions import ProcessExit
 from ._interrupts import INTERRUPTED, interruptible
 from ._worker.messages import (
     ABORT,
+    BATCH_BYTES,
     RELOAD,
     CancelItem,
     ReloadRequest,
     StopItem,
     TasksStarted,
     WorkItem,
+    work_size_hint,
 )
 from ._worker.pickling import (
     Pickled,
@@ -421,11 +423,12 @@ class _ProcessLink:
         # work sent before it, or the last word (stop).
         works: list[Any] = []
         controls: list[Any] = []
+        size = 0  # of the works' payloads (see BATCH_BYTES)
         alone = self._alone
         for item in [*items, None]:
             if item is None or type(item) is Pickled:
                 self._send_batch(works, controls)
-                works, controls = [], []
+                works, controls, size = [], [], 0
                 if item is not None:
                     self._connection.send_bytes(item.data)
             elif isinstance(item, _CONTROLS):
@@ -435,6 +438,10 @@ class _ProcessLink:
                 self._send_batch([item], [])
             else:
                 works.append(item)
+                size += work_size_hint(item)
+                if size >= BATCH_BYTES:
+                    self._send_batch(works, [])
+                    works, size = [], 0
 
     def _send_batch(self, works: list[Any], controls: list[Any]) -> None:
         if works:

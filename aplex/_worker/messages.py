@@ -58,6 +58,38 @@ class StopItem(NamedTuple):
 STOP = StopItem()
 ABORT = StopItem(cancel=True)
 
+#: About how many bytes of payload one message carries. A message is read
+#: whole before any work in it runs, and pickled whole before it is sent:
+#: works with large arguments (or results) go in batches of about this
+#: size, so that a worker runs one while the next is on its way. Tiny works
+#: never come near it, and keep their batches of thousands.
+BATCH_BYTES = 256 * 1024
+
+
+def size_hint(value: Any) -> int:
+    """What ``value`` adds to a message, if it is bytes, a bytearray, text
+    or a memoryview; 0 otherwise (a cheap lower bound, not a measure)."""
+    kind = type(value)
+    if kind is bytes or kind is bytearray or kind is str:
+        return len(value)
+    if kind is memoryview:
+        return int(value.nbytes)
+    return 0
+
+
+def work_size_hint(item: WorkItem) -> int:
+    """:func:`size_hint` of a work's arguments."""
+    size = 0
+    for args in item.args if item.chunk else (item.args,):
+        for value in args:
+            kind = type(value)
+            if kind is bytes or kind is bytearray or kind is str or kind is memoryview:
+                size += size_hint(value)
+    for value in item.kwargs.values():
+        size += size_hint(value)
+    return size
+
+
 # ResultItem.status values.
 DONE = 0
 FAILED = 1

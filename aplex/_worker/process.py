@@ -26,7 +26,7 @@ from typing import Any
 import anyio
 import sniffio
 
-from .messages import NOT_LOADED, CancelItem, StopItem, WorkerFailure
+from .messages import BATCH_BYTES, NOT_LOADED, CancelItem, StopItem, WorkerFailure
 from .pickling import dumps_reload, dumps_results, load_failure, loads, loads_initargs, work_ids
 from .serve import serve
 
@@ -64,13 +64,17 @@ class _PipeEndpoint:
         await anyio.wait_readable(self._fileno)
         connection = self._connection
         items: list[Any] = []
+        size = 0
         while True:
             data = connection.recv_bytes()
+            size += len(data)
             try:
                 items += loads(data)
             except Exception as exc:
                 self._not_loaded(data, exc)
-            if not connection.poll():
+            # The works read run before more is read: large ones start
+            # while the next come (see BATCH_BYTES).
+            if size >= BATCH_BYTES or not connection.poll():
                 break
         if self._reloading or self._held:
             items = self._hold_back(items)

@@ -38,6 +38,7 @@ import anyio.lowlevel
 from anyio import TaskHandle
 
 from .messages import (
+    BATCH_BYTES,
     CANCELLED,
     DONE,
     FAILED,
@@ -47,6 +48,7 @@ from .messages import (
     WorkerFailure,
     WorkItem,
     is_coroutine_function,
+    size_hint,
 )
 
 
@@ -80,6 +82,7 @@ class _Worker:
         # The running coroutine works' tasks; None for one being created.
         self._tasks: dict[int, TaskHandle[None] | None] = {}
         self._results: list[Any] = []
+        self._result_bytes = 0  # of the values in _results (see BATCH_BYTES)
         # Works started as tasks that the parent cannot have known would be.
         self._started: list[int] = []
         self._results_ready = anyio.Event()
@@ -136,6 +139,8 @@ class _Worker:
                             task.cancel()
             else:
                 self._start(item)
+                if self._result_bytes >= BATCH_BYTES:
+                    self._flush()  # large results leave as they come
             if self._fatal is not None:
                 return False
         return True
@@ -175,6 +180,7 @@ class _Worker:
                 self._tasks[work_id] = task
         else:
             self._results.append((work_id, DONE, value))
+            self._result_bytes += size_hint(value)
 
     async def _await_work(self, work_id: int, awaitable: Awaitable[Any]) -> None:
         try:
@@ -202,6 +208,9 @@ class _Worker:
 
     def _report(self, work_id: int, status: int, value: Any) -> None:
         self._results.append((work_id, status, value))
+        self._result_bytes += size_hint(value)
+        if self._result_bytes >= BATCH_BYTES:
+            self._flush()  # large results leave as they come
         self._results_ready.set()
         if self._stopping and not self._tasks:
             self._finished.set()
@@ -226,6 +235,7 @@ class _Worker:
             self._started = []
         if self._results:
             results, self._results = self._results, []
+            self._result_bytes = 0
             self._endpoint.send(results)
 
 
