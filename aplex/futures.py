@@ -22,7 +22,14 @@ import threading
 import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Generator, Iterable
-from concurrent.futures._base import LOGGER, PENDING, RUNNING
+from concurrent.futures._base import (
+    CANCELLED,
+    CANCELLED_AND_NOTIFIED,
+    FINISHED,
+    LOGGER,
+    PENDING,
+    RUNNING,
+)
 from functools import partial
 from typing import Any, Generic, TypeVar
 
@@ -36,6 +43,9 @@ T = TypeVar("T")
 F = TypeVar("F")
 
 __all__ = ["ConcurrentFuture", "AsyncioFuture", "TrioFuture", "as_completed"]
+
+
+_ENDED = (CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED)
 
 
 class ConcurrentFuture(concurrent.futures.Future[T]):
@@ -55,8 +65,25 @@ class ConcurrentFuture(concurrent.futures.Future[T]):
         self._result = None
         self._exception = None
         self._waiters: list[Any] = []
-        self._done_callbacks: list[Callable[[concurrent.futures.Future[T]], object]] = []
+        # _done_callbacks: the class's empty tuple until a callback comes
+        # (see add_done_callback).
         self._cancel_interface = cancel_interface
+
+    # Most futures of a busy pool never get a callback nor a waiter: made
+    # on demand, their list and deque are two objects fewer per work for
+    # the garbage collector to walk while the futures are pending.
+    _done_callbacks: list[Callable[[concurrent.futures.Future[T]], object]] = ()  # type: ignore[assignment]
+
+    def add_done_callback(self, fn: Callable[[concurrent.futures.Future[T]], object]) -> None:
+        """As :meth:`concurrent.futures.Future.add_done_callback`."""
+        with self._condition:
+            if self._state not in _ENDED:
+                if self._done_callbacks:
+                    self._done_callbacks.append(fn)
+                else:
+                    self._done_callbacks = [fn]
+                return
+        super().add_done_callback(fn)  # ended: it calls fn now
 
     def cancel(self) -> bool:
         """Try to cancel the work.
@@ -90,6 +117,9 @@ class ConcurrentFuture(concurrent.futures.Future[T]):
         return True
 
     def _invoke_callbacks(self) -> None:
+        # The future has ended (every way to end calls this): cancel() has
+        # nothing more to ask the executor, which lets go of the work.
+        self._cancel_interface = None
         # The executor ends futures on its own threads and, for cancel() and
         # shutdown(), on the caller's, inside a section Ctrl-C does not cut
         # short (see aplex._interrupts): a user's callback may still be
@@ -127,9 +157,17 @@ class _FutureCondition(threading.Condition):
     ``_acquire_restore`` and ``_is_owned`` serve as they are.
     """
 
+    # Made by the first wait() (under the lock, as every use of it is):
+    # until then an empty tuple, which notify() finds empty as a deque.
+    _waiters: deque[Any] = ()  # type: ignore[assignment]
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._waiters: deque[Any] = deque()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if not isinstance(self._waiters, deque):
+            self._waiters = deque()
+        return super().wait(timeout)
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         return self._lock.acquire(blocking, timeout)
