@@ -39,6 +39,7 @@ refer to, are freed with the work. One that cannot be pickled arrives as a
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import pickle
@@ -49,8 +50,6 @@ import types
 from array import array
 from collections.abc import Callable
 from typing import Any, NamedTuple
-
-import cloudpickle
 
 from .._exceptions import RemoteError, RemoteTraceback, describe
 from .messages import (
@@ -259,19 +258,32 @@ def workers_import_main() -> bool:
     return os.path.splitext(os.path.basename(path))[0] != "ipython"
 
 
-class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]  # cloudpickle is untyped
-    """cloudpickle, except for the functions and classes of an importable
-    main module, which it would send by value: they go by reference, so a
-    lambda that calls one of them runs it in the worker's own module."""
+@functools.cache
+def _pickler_class() -> type[Any]:
+    """cloudpickle's Pickler, but for the functions and classes of an
+    importable main module, which it would send by value: they go by
+    reference, so a lambda that calls one of them runs it in the worker's
+    own module.
 
-    def __init__(self, file: Any, main: bool | None):
-        super().__init__(file, protocol=PROTOCOL)
-        self._main = main
+    Made on first use: importing cloudpickle is a large share of a worker's
+    (and the fork server's) start-up, and most programs' works pickle
+    without it. A worker loading cloudpickle's output imports it then.
+    """
+    import cloudpickle
 
-    def reducer_override(self, obj: Any) -> Any:
-        if _is_main_global(obj) and (workers_import_main() if self._main is None else self._main):
-            return NotImplemented  # the standard pickle's save_global: by reference
-        return super().reducer_override(obj)
+    class Pickler(cloudpickle.Pickler):  # type: ignore[misc]  # cloudpickle is untyped
+        def __init__(self, file: Any, main: bool | None):
+            super().__init__(file, protocol=PROTOCOL)
+            self._main = main
+
+        def reducer_override(self, obj: Any) -> Any:
+            if _is_main_global(obj) and (
+                workers_import_main() if self._main is None else self._main
+            ):
+                return NotImplemented  # the standard pickle's save_global: by reference
+            return super().reducer_override(obj)
+
+    return Pickler
 
 
 def _is_main_global(obj: Any) -> bool:
@@ -285,7 +297,7 @@ def _is_main_global(obj: Any) -> bool:
 
 def _cloudpickle(obj: Any, main: bool | None = None) -> bytes:
     with io.BytesIO() as file:
-        _Pickler(file, main).dump(obj)
+        _pickler_class()(file, main).dump(obj)
         return file.getvalue()
 
 
