@@ -54,6 +54,7 @@ from hypothesis.stateful import (
 )
 
 import aplex
+import aplex.load_balancers
 from tests import works
 
 # A deliberate run under the "long" profile takes minutes: no per-test
