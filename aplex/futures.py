@@ -93,9 +93,10 @@ class ConcurrentFuture(concurrent.futures.Future[T]):
             ends cancelled), False if it is a running plain function or has
             already ended.
         """
-        if self._cancel_interface is None:
-            return self.set_cancelled()
-        return self._cancel_interface(self)
+        interface = self._cancel_interface
+        if interface is None:  # none given, or the future has ended
+            return self.cancelled() if self.done() else self.set_cancelled()
+        return interface(self)
 
     def set_cancelled(self) -> bool:
         """Mark the future cancelled, running or not.

@@ -73,3 +73,18 @@ def test_an_awaitable_future_does_not_keep_its_closed_loop_alive():
             assert asyncio.run(main(executor)) == (1, 2)
     gc.collect()
     assert [loop() for loop in loops] == [None, None, None]
+
+
+def test_cancel_after_the_end_answers_as_the_standard_library():
+    """A future lets go of its work once ended; cancel() then still answers
+    as concurrent.futures does: True again for a cancelled future, False
+    for one that finished."""
+    with ThreadAsyncPoolExecutor(pool_size=1) as executor:
+        finished = executor.submit(works.identity, 1)
+        assert finished.result(T) == 1
+        running = executor.submit(works.async_sleep, 60)
+        assert running.cancel()
+        assert running.cancel()
+        assert running.cancelled()
+        assert not finished.cancel()
+        assert finished.result(T) == 1
