@@ -29,12 +29,14 @@ only what it needs.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from functools import partial
 from types import CoroutineType, GeneratorType
 from typing import Any, Protocol
 
 import anyio
 import anyio.lowlevel
+import sniffio
 from anyio import TaskHandle
 
 from .messages import (
@@ -80,7 +82,7 @@ class _Worker:
     def __init__(self, endpoint: Endpoint) -> None:
         self._endpoint = endpoint
         # The running coroutine works' tasks; None for one being created.
-        self._tasks: dict[int, TaskHandle[None] | None] = {}
+        self._tasks: dict[int, Any] = {}  # TaskHandle, or asyncio.Task
         self._results: list[Any] = []
         self._result_bytes = 0  # of the values in _results (see BATCH_BYTES)
         # Works started as tasks that the parent cannot have known would be.
@@ -88,8 +90,12 @@ class _Worker:
         self._results_ready = anyio.Event()
         self._finished = anyio.Event()
         self._stopping = False
+        self._going_down = False  # the worker is ending its tasks: none reports
         self._fatal: BaseException | None = None
         self._cancelled_exc = anyio.get_cancelled_exc_class()
+        # Whether works run as the event loop's own tasks (asyncio) rather
+        # than AnyIO's (see _task_factory).
+        self._native = sniffio.current_async_library() == "asyncio"
 
     async def serve(
         self, initializer: Callable[..., Any] | None, initargs: tuple[Any, ...]
@@ -103,11 +109,36 @@ class _Worker:
                 self._endpoint.send([WorkerFailure("initializer", exc)])
                 return
         async with anyio.create_task_group() as task_group:
-            self._task_group = task_group
+            # How a coroutine work becomes a task that can be cancelled
+            # alone. On asyncio, the loop's own task: a third of the cost of
+            # an AnyIO task, which wraps it in a cancel scope the worker has
+            # no use for (it cancels each task itself, and ends those left
+            # before it returns). On trio, AnyIO's task, whose own scope its
+            # handle cancels; the name spares anyio from making one per task.
+            if self._native:
+                import asyncio  # here: a trio worker never loads it
+
+                loop = asyncio.get_running_loop()
+                self._create_task: Callable[[Coroutine[Any, Any, None]], Any] = loop.create_task
+                self._call_soon = loop.call_soon
+            else:
+                self._create_task = partial(task_group.create_task, name="work")
+            self._scope = task_group.cancel_scope
             task_group.start_soon(self._receive_loop)
             task_group.start_soon(self._send_loop)
             await self._finished.wait()
+            self._going_down = True
             task_group.cancel_scope.cancel()
+        if self._native:
+            # A work broke the worker: the loop's own tasks are not in the
+            # task group, and end here, before the worker returns.
+            tasks = [task for task in self._tasks.values() if task is not None]
+            for task in tasks:
+                self._cancel(task)
+            if tasks:
+                import asyncio
+
+                await asyncio.wait(tasks)
         self._flush()
         if self._fatal is not None:
             self._endpoint.send([WorkerFailure("work", self._fatal)])
@@ -130,13 +161,13 @@ class _Worker:
             if kind is CancelItem:
                 task = self._tasks.get(item.work_id)
                 if task is not None:
-                    task.cancel()
+                    self._cancel(task)
             elif kind is StopItem:
                 self._stopping = True
                 if item.cancel:
                     for task in self._tasks.values():
                         if task is not None:
-                            task.cancel()
+                            self._cancel(task)
             else:
                 self._start(item)
                 if self._result_bytes >= BATCH_BYTES:
@@ -144,6 +175,15 @@ class _Worker:
             if self._fatal is not None:
                 return False
         return True
+
+    def _cancel(self, task: Any) -> None:
+        if self._native:
+            # A loop's task cancelled before its first step ends without
+            # running its coroutine at all, so without reporting: it is
+            # cancelled once started, which the loop does first.
+            self._call_soon(task.cancel)
+        else:
+            task.cancel()
 
     def _start(self, item: WorkItem) -> None:
         work_id = item.work_id
@@ -170,12 +210,8 @@ class _Worker:
             if not is_coroutine_function(item.fn):
                 self._started.append(work_id)
             awaitable = _gather(value) if item.chunk else value
-            # Every anyio task has a cancel scope of its own, which its handle
-            # cancels: a scope of ours around the work would only double the
-            # cost of the worker's busiest path. The name spares anyio from
-            # making one per task.
             self._tasks[work_id] = None
-            task = self._task_group.create_task(self._await_work(work_id, awaitable), name="work")
+            task = self._create_task(self._await_work(work_id, awaitable))
             if work_id in self._tasks:  # an eager task factory may have run it to its end
                 self._tasks[work_id] = task
         else:
@@ -193,12 +229,18 @@ class _Worker:
             return
         except self._cancelled_exc:
             task = self._tasks.pop(work_id)
-            if self._task_group.cancel_scope.cancel_called:
+            if self._going_down or self._scope.cancel_called:
                 raise  # the whole worker is going down: nothing to report
             self._report(work_id, CANCELLED, None)
-            if task is not None and task.status is TaskHandle.Status.CANCELLING:
+            if (
+                not self._native
+                and task is not None
+                and task.status is TaskHandle.Status.CANCELLING
+            ):
                 raise  # we asked for it: the task's own scope takes it back
-            return  # the work raised a cancellation of its own making
+            # The work raised a cancellation of its own making, or a task of
+            # the loop's own was cancelled: its end is reported, it is over.
+            return
         except BaseException as exc:
             del self._tasks[work_id]
             self._fail(exc)
