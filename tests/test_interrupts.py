@@ -16,6 +16,7 @@ import asyncio
 import gc
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import textwrap
@@ -37,17 +38,25 @@ RUN_TIMEOUT = 50
 
 def run_program(source, *args, timeout=RUN_TIMEOUT):
     """Run ``source`` as a script (it may import tests.works) and return it
-    finished; fail if it hangs."""
+    finished; fail if it hangs, with every thread's stack at that moment."""
+    process = subprocess.Popen(
+        [sys.executable, "-X", "faulthandler", "-c", textwrap.dedent(source), *map(str, args)],
+        cwd=REPOSITORY,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
-        return subprocess.run(
-            [sys.executable, "-c", textwrap.dedent(source), *map(str, args)],
-            cwd=REPOSITORY,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"the program hung: {exc.stdout!r} {exc.stderr!r}")
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGABRT)  # faulthandler prints the stacks
+        try:
+            stdout, stderr = process.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            stdout, stderr = process.communicate()
+        pytest.fail(f"the program hung:\n{stdout}\n{stderr}")
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
 STORM = """
