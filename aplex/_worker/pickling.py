@@ -226,14 +226,16 @@ def dumps(obj: Any, *, main: bool | None = None) -> bytes:
             process's answer (:func:`workers_import_main`). A Ray actor has
             not: False.
     """
+    try:
+        data: bytes | None = pickle.dumps(obj)
+    except Exception:
+        data = None  # a lambda, a closure...: cloudpickle's work
+    if data is not None and b"__main__" not in data:
+        return data  # the common case, without asking about the main module
     if main is None:
         main = workers_import_main()
-    try:
-        data = pickle.dumps(obj)
-        if main or b"__main__" not in data:
-            return data
-    except Exception:
-        pass  # a lambda, a closure...: cloudpickle's work
+    if data is not None and main:
+        return data
     return _cloudpickle(obj, main)
 
 

@@ -1,0 +1,153 @@
+"""What one round trip costs in each hand-off design, on bare pipes.
+
+Usage::
+
+    python -m benchmarks.roundtrip_floor            # 2,000 trips a design
+    python -m benchmarks.roundtrip_floor --trips 500
+
+A round trip is: a caller sends a small pickled message to a worker process,
+the worker answers, the caller has the answer. Each design below adds one of
+the hand-offs a pool pays on that path, so that the table shows the floor
+each design sets, beside aplex's own round trip measured in the same run:
+
+* ``direct``: the caller writes, the worker blocks in a read and writes
+  back, the caller reads itself. Two wake-ups: the floor of any pool.
+* ``worker loop``: the same with the worker waiting on an asyncio loop
+  (``add_reader``), as a worker that runs coroutines must.
+* ``reader thread``: the caller waits on a lock that a reader thread of its
+  process releases once it has read the answer: the shape of a pool that
+  reads results on a thread of its own (aplex, concurrent.futures).
+* ``both``: a worker loop and a reader thread: aplex's shape.
+
+It needs nothing but the standard library and aplex. Numbers are
+microseconds, p50 over the trips; lower is better.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import pickle
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from benchmarks import works
+
+
+def _serve_blocking(connection: Any) -> None:
+    while True:
+        message = pickle.loads(connection.recv_bytes())
+        if message is None:
+            return
+        connection.send_bytes(pickle.dumps(message))
+
+
+def _serve_on_loop(connection: Any) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        readable = asyncio.Event()
+        loop.add_reader(connection.fileno(), readable.set)
+        while True:
+            await readable.wait()
+            readable.clear()
+            while connection.poll():
+                message = pickle.loads(connection.recv_bytes())
+                if message is None:
+                    return
+                connection.send_bytes(pickle.dumps(message))
+
+    asyncio.run(main())
+
+
+def _trips(trip: Callable[[int], None], count: int) -> float:
+    for i in range(20):  # warm
+        trip(i)
+    times = []
+    for i in range(count):
+        start = time.perf_counter()
+        trip(i)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e6
+
+
+def _measure(serve: Callable[[Any], None], reader_thread: bool, count: int) -> float:
+    context = multiprocessing.get_context("fork")
+    parent, child = context.Pipe(duplex=True)
+    process = context.Process(target=serve, args=(child,))
+    process.start()
+    child.close()
+    try:
+        if not reader_thread:
+
+            def trip(i: int) -> None:
+                parent.send_bytes(pickle.dumps(i))
+                pickle.loads(parent.recv_bytes())
+
+            return _trips(trip, count)
+        answered = threading.Lock()
+        answered.acquire()
+        stop = threading.Event()
+
+        def read() -> None:
+            while not stop.is_set():
+                try:
+                    pickle.loads(parent.recv_bytes())
+                except EOFError:  # the worker has exited
+                    return
+                answered.release()
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+
+        def trip(i: int) -> None:
+            parent.send_bytes(pickle.dumps(i))
+            answered.acquire()
+
+        result = _trips(trip, count)
+        stop.set()
+        return result
+    finally:
+        parent.send_bytes(pickle.dumps(None))
+        process.join(10)
+        parent.close()
+
+
+def _aplex(count: int) -> float:
+    import aplex
+
+    with aplex.ProcessAsyncPoolExecutor(pool_size=1) as pool:
+
+        def trip(i: int) -> None:
+            pool.submit(works.identity, i).result()
+
+        return _trips(trip, count)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--trips", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=3)
+    options = parser.parse_args()
+    designs: dict[str, Callable[[], float]] = {
+        "direct": lambda: _measure(_serve_blocking, False, options.trips),
+        "worker loop": lambda: _measure(_serve_on_loop, False, options.trips),
+        "reader thread": lambda: _measure(_serve_blocking, True, options.trips),
+        "both (aplex's shape)": lambda: _measure(_serve_on_loop, True, options.trips),
+        "aplex ProcessAsyncPoolExecutor": lambda: _aplex(options.trips),
+    }
+    results: dict[str, list[float]] = {name: [] for name in designs}
+    for _ in range(options.rounds):  # interleaved, so drifts spread over all
+        for name, measure in designs.items():
+            results[name].append(measure())
+    print("| design | round trip p50 (µs) |")
+    print("| --- | --- |")
+    for name, values in results.items():
+        print(f"| {name} | {statistics.median(values):.0f} |")
+
+
+if __name__ == "__main__":
+    main()
