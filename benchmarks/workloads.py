@@ -52,15 +52,15 @@ def _sync_startup(system: SyncSystem, size: int) -> dict[str, float]:
     return {"startup_ms": (time.perf_counter() - start) * 1e3}
 
 
-def _sync_tiny(system: SyncSystem, size: int) -> float:
+def _sync_tiny(system: SyncSystem, size: int) -> tuple[float, float]:
     pool = system.make_pool()
     try:
         system.submit(pool, works.identity, 0).result()
-        start = time.perf_counter()
+        clock = _Clock()
         futures = [system.submit(pool, works.identity, i) for i in range(size)]
         for future in futures:
             future.result()
-        return size / (time.perf_counter() - start)
+        return clock.rate(size), clock.cpu_us(size)
     finally:
         system.close(pool)
 
@@ -69,10 +69,10 @@ def _sync_map(system: SyncSystem, size: int) -> dict[str, float]:
     pool = system.make_pool()
     try:
         system.submit(pool, works.identity, 0).result()
-        start = time.perf_counter()
+        clock = _Clock()
         count = sum(1 for _ in system.map(pool, works.identity, range(size), 256))
         assert count == size, count
-        return {"map_per_s": size / (time.perf_counter() - start)}
+        return {"map_per_s": clock.rate(size), "map_cpu_us": clock.cpu_us(size)}
     finally:
         system.close(pool)
 
@@ -107,11 +107,14 @@ def _sync_payload(system: SyncSystem, size: int) -> dict[str, float]:
     pool = system.make_pool()
     try:
         system.submit(pool, works.identity, 0).result()
-        start = time.perf_counter()
+        clock = _Clock()
         futures = [system.submit(pool, works.echo, payload) for payload in payloads]
         for future in futures:
             assert len(future.result()) == MIB
-        return {"payload_mb_s": size * MIB / 1e6 / (time.perf_counter() - start)}
+        return {
+            "payload_mb_s": clock.rate(size * MIB / 1e6),
+            "payload_cpu_us": clock.cpu_us(size),
+        }
     finally:
         system.close(pool)
 
@@ -134,17 +137,17 @@ def _sync_cpu(system: SyncSystem, size: int) -> dict[str, float]:
         system.close(pool)
 
 
-def _sync_sleeps(system: SyncSystem, size: int) -> float:
+def _sync_sleeps(system: SyncSystem, size: int) -> tuple[float, float]:
     if system.sleep_work is None:
         raise NotApplicable("runs no coroutines")
     pool = system.make_pool(concurrency=size)
     try:
         system.submit(pool, works.identity, 0).result()
-        start = time.perf_counter()
+        clock = _Clock()
         futures = [system.submit(pool, system.sleep_work, SLEEP_S) for _ in range(size)]
         for future in futures:
             future.result()
-        return time.perf_counter() - start
+        return clock.elapsed(), clock.cpu_us(size)
     finally:
         system.close(pool)
 
@@ -191,13 +194,13 @@ def _async_startup(system: AsyncSystem, size: int) -> dict[str, float]:
     return {"startup_ms": (time.perf_counter() - start) * 1e3}
 
 
-def _async_tiny(system: AsyncSystem, size: int) -> float:
-    async def main() -> float:
+def _async_tiny(system: AsyncSystem, size: int) -> tuple[float, float]:
+    async def main() -> tuple[float, float]:
         async with system.open() as handle:
             await system.call(handle, works.identity, 0)
-            start = time.perf_counter()
+            clock = _Clock()
             await _call_many(system, handle, works.identity, list(range(size)))
-            return size / (time.perf_counter() - start)
+            return clock.rate(size), clock.cpu_us(size)
 
     return _run_async(system, main)
 
@@ -206,12 +209,12 @@ def _async_map(system: AsyncSystem, size: int) -> dict[str, float]:
     async def main() -> dict[str, float]:
         async with system.open() as handle:
             await system.call(handle, works.identity, 0)
-            start = time.perf_counter()
+            clock = _Clock()
             count = 0
             async for _ in system.amap(handle, works.identity, list(range(size)), 256):
                 count += 1
             assert count == size, count
-            return {"map_per_s": size / (time.perf_counter() - start)}
+            return {"map_per_s": clock.rate(size), "map_cpu_us": clock.cpu_us(size)}
 
     return _run_async(system, main)
 
@@ -240,9 +243,12 @@ def _async_payload(system: AsyncSystem, size: int) -> dict[str, float]:
     async def main() -> dict[str, float]:
         async with system.open() as handle:
             await system.call(handle, works.identity, 0)
-            start = time.perf_counter()
+            clock = _Clock()
             await _call_many(system, handle, works.echo, payloads)
-            return {"payload_mb_s": size * MIB / 1e6 / (time.perf_counter() - start)}
+            return {
+                "payload_mb_s": clock.rate(size * MIB / 1e6),
+                "payload_cpu_us": clock.cpu_us(size),
+            }
 
     return _run_async(system, main)
 
@@ -264,16 +270,16 @@ def _async_cpu(system: AsyncSystem, size: int) -> dict[str, float]:
     return _run_async(system, main)
 
 
-def _async_sleeps(system: AsyncSystem, size: int) -> float:
+def _async_sleeps(system: AsyncSystem, size: int) -> tuple[float, float]:
     if not system.runs_coroutines:
         raise NotApplicable("runs no coroutines")
 
-    async def main() -> float:
+    async def main() -> tuple[float, float]:
         async with system.open(concurrency=size) as handle:
             await system.call(handle, works.identity, 0)
-            start = time.perf_counter()
+            clock = _Clock()
             await system.sleeps(handle, size, SLEEP_S)
-            return time.perf_counter() - start
+            return clock.elapsed(), clock.cpu_us(size)
 
     return _run_async(system, main)
 
@@ -314,11 +320,31 @@ def _by_family(sync: Callable, asynchronous: Callable) -> Callable:
     return run
 
 
-def _keyed(key: str, run: Callable[[Any, int], float]) -> Callable:
+def _keyed(key: str, cpu_key: str, run: Callable[[Any, int], tuple[float, float]]) -> Callable:
     def keyed(system: Any, size: int) -> dict[str, float]:
-        return {key: run(system, size)}
+        value, cpu = run(system, size)
+        return {key: value, cpu_key: cpu}
 
     return keyed
+
+
+class _Clock:
+    """Wall time, and this process's CPU time, from its making on."""
+
+    def __init__(self) -> None:
+        self._cpu = time.process_time()
+        self._start = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self._start
+
+    def rate(self, amount: float) -> float:
+        return amount / self.elapsed()
+
+    def cpu_us(self, works: int) -> float:
+        """The CPU time of this process (every thread of it) per work, in µs:
+        what bounds how many workers one caller can feed."""
+        return (time.process_time() - self._cpu) / works * 1e6
 
 
 _tiny = _by_family(_sync_tiny, _async_tiny)
@@ -336,21 +362,32 @@ WORKLOADS: dict[str, Workload] = {
         ),
         Workload(
             "tiny",
-            (Metric("tiny_per_s", "tiny works, {size:,} submits", "works/s", True),),
+            (
+                Metric("tiny_per_s", "tiny works, {size:,} submits", "works/s", True),
+                Metric("tiny_cpu_us", "caller's CPU per work, tiny", "µs", False, 1),
+            ),
             20_000,
             2_000,
-            _keyed("tiny_per_s", _tiny),
+            _keyed("tiny_per_s", "tiny_cpu_us", _tiny),
         ),
         Workload(
             "tiny-large",
-            (Metric("tiny_large_per_s", "tiny works, {size:,} submits", "works/s", True),),
+            (
+                Metric("tiny_large_per_s", "tiny works, {size:,} submits", "works/s", True),
+                Metric(
+                    "tiny_large_cpu_us", "caller's CPU per work, tiny ×{size:,}", "µs", False, 1
+                ),
+            ),
             200_000,
             20_000,
-            _keyed("tiny_large_per_s", _tiny),
+            _keyed("tiny_large_per_s", "tiny_large_cpu_us", _tiny),
         ),
         Workload(
             "map",
-            (Metric("map_per_s", "map of {size:,}, chunksize 256", "items/s", True),),
+            (
+                Metric("map_per_s", "map of {size:,}, chunksize 256", "items/s", True),
+                Metric("map_cpu_us", "caller's CPU per item, map", "µs", False, 2),
+            ),
             100_000,
             10_000,
             _by_family(_sync_map, _async_map),
@@ -367,7 +404,10 @@ WORKLOADS: dict[str, Workload] = {
         ),
         Workload(
             "payload",
-            (Metric("payload_mb_s", "1 MiB payload echoed ×{size}", "MB/s", True),),
+            (
+                Metric("payload_mb_s", "1 MiB payload echoed ×{size}", "MB/s", True),
+                Metric("payload_cpu_us", "caller's CPU per work, payload", "µs", False),
+            ),
             64,
             16,
             _by_family(_sync_payload, _async_payload),
@@ -381,17 +421,25 @@ WORKLOADS: dict[str, Workload] = {
         ),
         Workload(
             "sleeps",
-            (Metric("sleeps_s", "{size:,} coroutines × 0.2 s sleep", "s", False, 2),),
+            (
+                Metric("sleeps_s", "{size:,} coroutines × 0.2 s sleep", "s", False, 2),
+                Metric("sleeps_cpu_us", "caller's CPU per work, sleeps", "µs", False, 1),
+            ),
             20_000,
             2_000,
-            _keyed("sleeps_s", _sleeps),
+            _keyed("sleeps_s", "sleeps_cpu_us", _sleeps),
         ),
         Workload(
             "sleeps-large",
-            (Metric("sleeps_large_s", "{size:,} coroutines × 0.2 s sleep", "s", False, 2),),
+            (
+                Metric("sleeps_large_s", "{size:,} coroutines × 0.2 s sleep", "s", False, 2),
+                Metric(
+                    "sleeps_large_cpu_us", "caller's CPU per work, sleeps ×{size:,}", "µs", False, 1
+                ),
+            ),
             100_000,
             10_000,
-            _keyed("sleeps_large_s", _sleeps),
+            _keyed("sleeps_large_s", "sleeps_large_cpu_us", _sleeps),
         ),
         Workload(
             "memory",
