@@ -27,7 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._exceptions import ProcessExit
-from ._worker.messages import TasksStarted, WorkItem
+from ._worker.messages import RESTART, Ready, TasksStarted, WorkItem
 from ._worker.pickling import (
     Pickled,
     dumps,
@@ -43,6 +43,8 @@ from .backends import Backend
 OnResults = Callable[[int, list[Any]], None]
 OnExit = Callable[[int, BaseException | None], None]
 
+
+_ENDS_NO_WORK = (TasksStarted, Ready)
 
 # The largest batch put() writes from the caller's thread; well below a
 # pipe's buffer, so that the write cannot block even if the worker were
@@ -146,46 +148,102 @@ class ProcessWorkers:
         on_exit: OnExit,
     ):
         # Pickled once, as works are: they may be lambdas or closures.
-        setup = dumps((backend, loop_factory, initializer))
-        sent_initargs = dumps_initargs(initargs)
+        self._setup = dumps((backend, loop_factory, initializer))
+        self._initargs = dumps_initargs(initargs)
+        self._context = context
+        self._names = names
+        self._on_results = on_results
+        self._on_exit = on_exit
         # Shared memory, handed to each worker at its start: each writes its
         # own byte while a plain function holds its loop.
-        flags = context.RawArray("B", len(names))
-        self.blocked = memoryview(flags).cast("B")
-        self._links = []
-        for index, name in enumerate(names):
-            parent_end, child_end = context.Pipe(duplex=True)
-            process = context.Process(
-                target=run_process_worker,
-                args=(child_end, setup, sent_initargs, flags, index),
-                name=f"aplex-{name}",
-            )
-            try:
-                process.start()
-            except Exception as exc:
-                parent_end.close()
-                child_end.close()
-                if isinstance(sent_initargs, bytes) or isinstance(exc, OSError):
-                    raise
-                raise TypeError(
-                    f"initargs cannot be passed to a worker process "
-                    f"({context.get_start_method()} start method): {exc}"
-                ) from exc
+        self._flags = context.RawArray("B", len(names))
+        self.blocked = memoryview(self._flags).cast("B")
+        # Guards the links against a restart racing abort(): a worker
+        # started after the pool was aborted would never be stopped.
+        self._lock = threading.Lock()
+        self._aborted = False
+        self._retired: list[_ProcessLink] = []  # replaced links, joined by join()
+        self._links = [self._start(index) for index in range(len(names))]
+
+    def _start(self, index: int) -> _ProcessLink:
+        context = self._context
+        name = self._names[index]
+        parent_end, child_end = context.Pipe(duplex=True)
+        process = context.Process(
+            target=run_process_worker,
+            args=(child_end, self._setup, self._initargs, self._flags, index),
+            name=f"aplex-{name}",
+        )
+        try:
+            process.start()
+        except Exception as exc:
+            parent_end.close()
             child_end.close()
-            self._links.append(_ProcessLink(index, name, process, parent_end, on_results, on_exit))
+            if isinstance(self._initargs, bytes) or isinstance(exc, OSError):
+                raise
+            raise TypeError(
+                f"initargs cannot be passed to a worker process "
+                f"({context.get_start_method()} start method): {exc}"
+            ) from exc
+        child_end.close()
+        return _ProcessLink(index, name, process, parent_end, self._on_results, self._on_exit)
 
     def put(self, index: int, items: list[Any]) -> None:
-        self._links[index].put(items)
+        if RESTART in items:
+            self._put_restarting(index, items)
+        else:
+            self._links[index].put(items)
+
+    def _put_restarting(self, index: int, items: list[Any]) -> None:
+        """Put items with RESTART markers among them: those before a marker
+        go to the worker it replaces (dead: they are dropped)."""
+        while RESTART in items:
+            cut = items.index(RESTART)
+            if cut:
+                self._links[index].put(items[:cut])
+            items = items[cut + 1 :]
+            with self._lock:
+                if self._aborted:
+                    return
+                self.blocked[index] = 0  # the dead worker may have died blocked
+                try:
+                    link = self._start(index)
+                except Exception as exc:
+                    # Reported as a death before readiness: the dispatcher
+                    # decides whether to try again.
+                    failed = True
+                    error: BaseException = exc
+                else:
+                    failed = False
+                    self._retired.append(self._links[index])
+                    self._links[index] = link
+            if failed:
+                self._on_exit(index, error)
+                return
+        if items:
+            self._links[index].put(items)
 
     def abort(self) -> None:
         # SIGKILL, not SIGTERM: a work may have replaced the SIGTERM handler,
         # and a broken pool owes its running works nothing.
-        for link in self._links:
+        with self._lock:
+            self._aborted = True
+            links = list(self._links)
+        for link in links:
             _kill(link.process)
 
     def join(self) -> None:
-        for link in self._links:
-            link.join()
+        # A link may be replaced while its predecessor is joined: loop until
+        # every link known has been joined.
+        joined: set[int] = set()
+        while True:
+            with self._lock:
+                links = [link for link in (*self._retired, *self._links) if id(link) not in joined]
+            if not links:
+                return
+            for link in links:
+                link.join()
+                joined.add(id(link))
 
 
 class _ProcessLink:
@@ -324,8 +382,8 @@ class _ProcessLink:
             except (EOFError, OSError):
                 return  # the worker has exited: _read() reaps it
             results = loads(data)
-            # A worker's report of tasks started ends no work.
-            ended = len(results) - (type(results[-1]) is TasksStarted)
+            # A worker's report of tasks started, or of being ready, ends no work.
+            ended = len(results) - (type(results[-1]) in _ENDS_NO_WORK)
             with self._lock:
                 self._in_flight -= ended
             self._on_results(self.index, results)

@@ -681,3 +681,16 @@ def try_primitive_lock():
         return False
     lock.release()
     return True
+
+
+def exit_in_initializer(code=5):
+    """An initializer whose process dies before it returns."""
+    os._exit(code)
+
+
+def die_once_in_initializer(path, code=5):
+    """An initializer that dies the first time (creating ``path``), and
+    returns every time after."""
+    if not os.path.exists(path):
+        _touch(path)
+        os._exit(code)

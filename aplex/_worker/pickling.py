@@ -40,7 +40,7 @@ from typing import Any, NamedTuple
 import cloudpickle
 
 from .._exceptions import RemoteError, RemoteTraceback
-from .messages import FAILED, ResultItem, TasksStarted, WorkerFailure, WorkItem
+from .messages import FAILED, Ready, ResultItem, TasksStarted, WorkerFailure, WorkItem
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 
@@ -224,7 +224,7 @@ def dumps_results(results: list[Any]) -> bytes:
 
 
 def _with_traceback(result: Any) -> Any:
-    if type(result) is TasksStarted:
+    if type(result) is TasksStarted or type(result) is Ready:
         return result
     if type(result) is WorkerFailure:
         return WorkerFailure(result.where, _ExceptionWithTraceback(_round_trips(result.error)))  # type: ignore[arg-type]
