@@ -42,7 +42,7 @@ from functools import partial
 from types import CodeType, MappingProxyType
 from typing import Any, Protocol
 
-from ._exceptions import AplexWorkerError, describe
+from ._exceptions import AplexWorkerError, ProcessExit, WorkerDiedError, describe
 from ._interrupts import deferred, keep
 from ._lifecycle import STOP_GRACE, track
 from ._worker.messages import (
@@ -50,9 +50,11 @@ from ._worker.messages import (
     DONE,
     FAILED,
     RELOAD,
+    RESTART,
     STOP,
     CancelItem,
     LoadFailure,
+    Ready,
     TasksStarted,
     WorkerFailure,
     WorkItem,
@@ -91,6 +93,8 @@ class PoolStatistics:
         completed: Works that returned, so far.
         failed: Works that raised, or that could not be sent or balanced.
         cancelled: Works cancelled, including those a broken pool ended.
+        replaced: Workers that died and were replaced (with
+            ``on_worker_death="replace"``).
     """
 
     workers: tuple[WorkerStatistics, ...]
@@ -98,6 +102,7 @@ class PoolStatistics:
     completed: int
     failed: int
     cancelled: int
+    replaced: int = 0
 
     @property
     def running(self) -> int:
@@ -265,8 +270,17 @@ class Dispatcher:
         load_balancer: type[LoadBalancer],
         max_works_per_worker: int | None,
         start_workers: StartWorkers,
+        on_worker_death: str = "break",
     ):
         self._lock = threading.Lock()
+        # With on_worker_death="replace": whether each worker has reported
+        # its initializer done, how many times in a row it died before
+        # that, and what it reported just before dying.
+        self._replace = on_worker_death == "replace"
+        self._ready = [False] * len(worker_names)
+        self._deaths_starting = [0] * len(worker_names)
+        self._last_words: dict[int, BaseException] = {}
+        self._replaced = 0
         self._ids = itertools.count()
         self._waiting: deque[_Work] = deque()
         self._waiting_cancelled = 0  # cancelled works still in _waiting, skipped when reached
@@ -543,6 +557,7 @@ class Dispatcher:
                 completed=self._completed,
                 failed=self._failed,
                 cancelled=self._cancelled,
+                replaced=self._replaced,
             )
 
     # -- workers ---------------------------------------------------------
@@ -555,7 +570,14 @@ class Dispatcher:
                 kind = type(result)
                 if kind is not tuple:  # the hot path sends plain tuples
                     if kind is WorkerFailure:
-                        self._break_by(result)
+                        if self._replace and result.where == "work":
+                            self._last_words[index] = result.error  # its on_exit follows
+                        else:
+                            self._break_by(result)
+                        continue
+                    if kind is Ready:
+                        self._ready[index] = True
+                        self._deaths_starting[index] = 0
                         continue
                     if kind is TasksStarted:
                         self._tasks_started(result.work_ids)
@@ -608,14 +630,71 @@ class Dispatcher:
                 for work in self._running.values()
             )
             if error is not None or not self._stop_sent or on_this_worker:
-                name = self.workers[index].name
-                broken = AplexWorkerError(f"worker {name} exited unexpectedly")
-                broken.__cause__ = error
-                self._break(broken)
+                if self._replace and self._broken is None:
+                    self._worker_died(index, error)
+                else:
+                    name = self.workers[index].name
+                    broken = AplexWorkerError(f"worker {name} exited unexpectedly")
+                    broken.__cause__ = error
+                    self._break(broken)
             effects = self._leave()
         self._after(effects)
 
     # -- under the lock --------------------------------------------------
+
+    def _worker_died(self, index: int, error: BaseException | None) -> None:
+        """Fail the works on dead worker ``index`` and start another in its
+        place, unless it died starting twice in a row."""
+        worker = self.workers[index]
+        cause = self._last_words.pop(index, None) or error
+        exitcode = error.exitcode if isinstance(error, ProcessExit) else None
+        if isinstance(error, ProcessExit):
+            how = str(error)
+        elif cause is not None and cause is not error:
+            how = f"{type(cause).__name__} escaped a work and ended it"
+        elif error is not None:
+            how = f"it failed: {error!r}"
+        else:
+            how = "it exited unexpectedly"
+        if not self._ready[index]:
+            self._deaths_starting[index] += 1
+            if self._deaths_starting[index] >= 2:
+                broken = AplexWorkerError(
+                    f"worker {worker.name} died twice in a row before its initializer "
+                    f"returned (last time: {how})"
+                )
+                broken.__cause__ = cause
+                self._break(broken)
+                return
+        started = self._ready[index]
+        self._ready[index] = False
+        died = WorkerDiedError(f"worker {worker.name} died: {how}", worker.name, exitcode)
+        died.__cause__ = cause
+        lost = [work for work in self._running.values() if work.worker is worker]
+        requeued = []
+        for work in lost:
+            del self._running[work.work_id]
+            if work.cancelled:
+                work.end()  # counted, and settled, when cancelled
+            elif not started:
+                # A worker runs nothing before its initializer returns: these
+                # never started, and wait again, first in the line.
+                work.state = _WAITING
+                requeued.append(work)
+            else:
+                self._failed += 1
+                self._to_settle.append((work.end(), FAILED, died))
+        self._waiting.extendleft(reversed(requeued))
+        if self._workloads[worker] == self._limit:
+            self._full_workers -= 1
+        self._workloads[worker] = 0
+        if self._stop_sent:
+            return  # nothing waits and nothing comes: no worker needed there
+        # The items decided for the dead worker go before the marker (to be
+        # dropped), the new worker's after it, in the order decided.
+        self._send_later(index, RESTART)
+        self._replaced += 1
+        self._dispatch_waiting()
 
     def _check_open(self) -> None:
         if self._broken is not None:
@@ -667,11 +746,13 @@ class Dispatcher:
         self._workloads[worker] = load + 1
         if load + 1 == self._limit:
             self._full_workers += 1
+        first_placed = work.worker is None  # else placed again after its worker died starting
         work.worker = worker
         work.state = _RUNNING
         self._running[work.work_id] = work
         assert work.future is not None  # it is placed before it ends
-        work.future.set_running_or_notify_cancel()
+        if first_placed:
+            work.future.set_running_or_notify_cancel()
         self._send_later(worker.index, work)
         return True
 

@@ -44,7 +44,9 @@ from ._interrupts import INTERRUPTED, interruptible
 from ._worker.messages import (
     ABORT,
     RELOAD,
+    RESTART,
     CancelItem,
+    Ready,
     ReloadRequest,
     StopItem,
     TasksStarted,
@@ -66,6 +68,8 @@ from .backends import Backend
 OnResults = Callable[[int, list[Any]], None]
 OnExit = Callable[[int, BaseException | None], None]
 
+
+_ENDS_NO_WORK = (TasksStarted, Ready)
 
 # The largest batch put() writes from the caller's thread; well below a
 # pipe's buffer, so that the write cannot block even if the worker were
@@ -174,52 +178,28 @@ class ProcessWorkers:
         on_exit: OnExit,
     ):
         # Pickled once, as works are: they may be lambdas or closures.
-        setup = dumps((backend, loop_factory, initializer))
-        sent_initargs = dumps_initargs(initargs)
+        self._setup = dumps((backend, loop_factory, initializer))
+        self._initargs = dumps_initargs(initargs)
+        self._context = context
+        self._names = names
+        self._on_results = on_results
+        self._on_exit = on_exit
         # Shared memory, handed to each worker at its start: each writes its
         # own byte while a plain function holds its loop.
-        flags = context.RawArray("B", len(names))
-        self.blocked = memoryview(flags).cast("B")
-        method = getattr(context, "get_start_method", lambda: None)()
-        if method == "fork":
+        self._flags = context.RawArray("B", len(names))
+        self.blocked = memoryview(self._flags).cast("B")
+        self._method = getattr(context, "get_start_method", lambda: None)()
+        if self._method == "fork":
             _import_before_fork(backend)
-        os_parent = _death_signal_parent(method)
+        # Guards the links against a restart racing abort() or stop_now(): a
+        # worker started after the pool was stopped would never be.
+        self._lock = threading.Lock()
+        self._no_restarts = False
+        self._retired: list[_ProcessLink] = []  # replaced links, joined by join()
         self._links: list[_ProcessLink] = []
         try:
-            for index, name in enumerate(names):
-                parent_end, child_end = context.Pipe(duplex=True)
-                _parent_ends.add(parent_end)
-                process = context.Process(
-                    target=run_process_worker,
-                    args=(child_end, setup, sent_initargs, flags, index, os_parent),
-                    name=f"aplex-{name}",
-                )
-                try:
-                    process.start()
-                except BaseException as exc:
-                    # A child started before the failure (Ctrl-C while it
-                    # starts) sees its pipe closed and exits on its own; one
-                    # whose pid is known is also killed and reaped here.
-                    parent_end.close()
-                    child_end.close()
-                    if process.pid is not None:
-                        process.kill()
-                        process.join(_START_FAILURE_WAIT)
-                    if (
-                        not isinstance(exc, Exception)
-                        or isinstance(sent_initargs, bytes)
-                        or isinstance(exc, OSError)
-                    ):
-                        raise
-                    raise TypeError(
-                        f"initargs cannot be passed to a worker process "
-                        f"({context.get_start_method()} start method): {exc}"
-                    ) from exc
-                _worker_processes.add(process)
-                child_end.close()
-                link = _ProcessLink(index, name, process, parent_end, on_results, on_exit)
-                self._links.append(link)
-                link.start()
+            for index in range(len(names)):
+                self._links.append(self._start(index))
         except BaseException:
             # Too many open files, a fork that failed, or Ctrl-C: the workers
             # already started must not outlive the constructor that failed.
@@ -227,17 +207,105 @@ class ProcessWorkers:
                 link.discard()
             raise
 
+    def _start(self, index: int) -> _ProcessLink:
+        context = self._context
+        name = self._names[index]
+        parent_end, child_end = context.Pipe(duplex=True)
+        _parent_ends.add(parent_end)
+        process = context.Process(
+            target=run_process_worker,
+            args=(
+                child_end,
+                self._setup,
+                self._initargs,
+                self._flags,
+                index,
+                # Asked for each start: a replacement may be started from
+                # another thread than the first workers.
+                _death_signal_parent(self._method),
+            ),
+            name=f"aplex-{name}",
+        )
+        try:
+            process.start()
+        except BaseException as exc:
+            # A child started before the failure (Ctrl-C while it starts)
+            # sees its pipe closed and exits on its own; one whose pid is
+            # known is also killed and reaped here.
+            parent_end.close()
+            child_end.close()
+            if process.pid is not None:
+                process.kill()
+                process.join(_START_FAILURE_WAIT)
+            if (
+                not isinstance(exc, Exception)
+                or isinstance(self._initargs, bytes)
+                or isinstance(exc, OSError)
+            ):
+                raise
+            raise TypeError(
+                f"initargs cannot be passed to a worker process "
+                f"({context.get_start_method()} start method): {exc}"
+            ) from exc
+        _worker_processes.add(process)
+        child_end.close()
+        link = _ProcessLink(index, name, process, parent_end, self._on_results, self._on_exit)
+        try:
+            link.start()
+        except BaseException:
+            link.discard()
+            raise
+        return link
+
     def put(self, index: int, items: list[Any]) -> None:
-        self._links[index].put(items)
+        if RESTART in items:
+            self._put_restarting(index, items)
+        else:
+            self._links[index].put(items)
+
+    def _put_restarting(self, index: int, items: list[Any]) -> None:
+        """Put items with RESTART markers among them: those before a marker
+        go to the worker it replaces (dead: they are dropped)."""
+        while RESTART in items:
+            cut = items.index(RESTART)
+            if cut:
+                self._links[index].put(items[:cut])
+            items = items[cut + 1 :]
+            with self._lock:
+                if self._no_restarts:
+                    return
+                self.blocked[index] = 0  # the dead worker may have died blocked
+                try:
+                    link = self._start(index)
+                except Exception as exc:
+                    # Reported as a death before readiness: the dispatcher
+                    # decides whether to try again.
+                    failed = True
+                    error: BaseException = exc
+                else:
+                    failed = False
+                    self._retired.append(self._links[index])
+                    self._links[index] = link
+            if failed:
+                self._on_exit(index, error)
+                return
+        if items:
+            self._links[index].put(items)
 
     def abort(self) -> None:
         # SIGKILL, not SIGTERM: a work may have replaced the SIGTERM handler,
         # and a broken pool owes its running works nothing.
-        for link in self._links:
+        with self._lock:
+            self._no_restarts = True
+            links = list(self._links)
+        for link in links:
             _kill(link.process)
 
     def stop_now(self, busy: Collection[int]) -> None:
-        for link in self._links:
+        with self._lock:
+            self._no_restarts = True
+            links = list(self._links)
+        for link in links:
             if link.index in busy:
                 _kill(link.process)  # its plain function would not let it answer
             else:
@@ -248,13 +316,24 @@ class ProcessWorkers:
 
     def join(self, timeout: float | None = None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
-        for link in self._links:
-            if not link.join(None if deadline is None else max(0.0, deadline - time.monotonic())):
-                return False
-        return True
+        # A link may be replaced while its predecessor is joined: loop until
+        # every link known has been joined.
+        joined: set[int] = set()
+        while True:
+            with self._lock:
+                links = [link for link in (*self._retired, *self._links) if id(link) not in joined]
+            if not links:
+                return True
+            for link in links:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                if not link.join(left):
+                    return False
+                joined.add(id(link))
 
     def runs_current_thread(self) -> bool:
-        return any(link.runs_current_thread() for link in self._links)
+        with self._lock:
+            links = [*self._retired, *self._links]
+        return any(link.runs_current_thread() for link in links)
 
 
 class _ProcessLink:
@@ -490,8 +569,8 @@ class _ProcessLink:
                 # they go alone.
                 self._alone.update(results.ids)
                 results = [(work_id, RELOAD, None) for work_id in results.ids]
-            # A worker's report of tasks started ends no work.
-            ended = len(results) - (type(results[-1]) is TasksStarted)
+            # A worker's report of tasks started, or of being ready, ends no work.
+            ended = len(results) - (type(results[-1]) in _ENDS_NO_WORK)
             with self._lock:
                 self._in_flight -= ended
             self._on_results(self.index, results)

@@ -114,6 +114,11 @@ class AsyncPoolExecutor:
             coroutine function is awaited on the worker's loop. If it raises,
             the executor is broken.
         initargs: The initializer's arguments.
+        on_worker_death: What a worker's death does (a killed process, a
+            BaseException escaping a work): ``"break"`` breaks the executor;
+            ``"replace"`` fails only the works that were on that worker,
+            with :class:`~aplex.WorkerDiedError`, and starts another worker
+            in its place. Either way an initializer that raises breaks it.
 
     Raises:
         ValueError: A size below 1, ``worker_loop_factory`` with a worker
@@ -133,6 +138,7 @@ class AsyncPoolExecutor:
         worker_backend: str,
         initializer: Callable[..., object] | None,
         initargs: Iterable[object],
+        on_worker_death: str = "break",
     ):
         if pool_size is None:
             pool_size = os.cpu_count() or 1
@@ -157,12 +163,17 @@ class AsyncPoolExecutor:
                 )
         if initializer is not None and not callable(initializer):
             raise TypeError(f"initializer must be callable, got {initializer!r}")
+        if on_worker_death not in ("break", "replace"):
+            raise ValueError(
+                f'on_worker_death must be "break" or "replace", got {on_worker_death!r}'
+            )
         pool_id = next_pool_id()
         names = [f"{kind.name}Worker-{index}" for index in range(pool_size)]
         self._dispatcher = Dispatcher(
             worker_names=names,
             load_balancer=load_balancer,
             max_works_per_worker=max_works_per_worker,
+            on_worker_death=on_worker_death,
             start_workers=partial(
                 kind.start,
                 [f"pool{pool_id}-{name}" for name in names],

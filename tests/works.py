@@ -850,3 +850,16 @@ async def async_stop_async_iteration_at(x, stop_at):
     if x == stop_at:
         raise StopAsyncIteration("stopped")
     return x
+
+
+def exit_in_initializer(code=5):
+    """An initializer whose process dies before it returns."""
+    os._exit(code)
+
+
+def die_once_in_initializer(path, code=5):
+    """An initializer that dies the first time (creating ``path``), and
+    returns every time after."""
+    if not os.path.exists(path):
+        _touch(path)
+        os._exit(code)

@@ -58,6 +58,15 @@ class StopItem(NamedTuple):
 STOP = StopItem()
 ABORT = StopItem(cancel=True)
 
+
+class RestartItem(NamedTuple):
+    """Never sent to a worker: told to the parent's side of a worker, it
+    starts a new worker in place of the dead one, and the items after it go
+    to the new one (those before it went to the dead one, and were lost)."""
+
+
+RESTART = RestartItem()
+
 # ResultItem.status values.
 DONE = 0
 FAILED = 1
@@ -105,6 +114,16 @@ def is_coroutine_function(fn: Callable[..., Any]) -> bool:
     """
     code = getattr(fn, "__code__", None)
     return type(code) is CodeType and bool(code.co_flags & CO_COROUTINE)
+
+
+class Ready(NamedTuple):
+    """The worker's initializer has returned: it serves works from now on.
+    Sent once, alone in its batch. A worker that dies before sending it died
+    starting, which the parent does not answer by starting it again and
+    again."""
+
+
+READY = Ready()
 
 
 class WorkerFailure(NamedTuple):

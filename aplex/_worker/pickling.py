@@ -58,6 +58,7 @@ from .messages import (
     NOT_LOADED,
     CancelItem,
     LoadFailure,
+    Ready,
     ReloadRequest,
     ResultItem,
     StopItem,
@@ -167,7 +168,10 @@ def dumps_works(
         The pickled batch (None if no work could be pickled), and a failed
         result for each work that could not be (left out of the batch).
     """
-    data = dumps_works_or_none(items, main=main)
+    try:
+        data = dumps_works_or_none(items, main=main)
+    except BaseException:  # tried again item by item, below
+        data = None
     if data is not None:
         return data, []
     sendable, failed = [], []
@@ -196,7 +200,10 @@ def dumps_works_or_none(items: list[Any], *, main: bool | None = None) -> bytes 
             return None
     try:
         return _with_ids(dumps(items, main=main), ids)
-    except BaseException:  # tried again item by item (see dumps_works)
+    except Exception:
+        # Anything more (a KeyboardInterrupt, a __reduce__'s SystemExit) is
+        # for the caller: put() on the main thread raises it once its
+        # section is whole, the feeder fails the work (see dumps_works).
         return None
 
 
@@ -319,7 +326,7 @@ def dumps_results(results: list[Any]) -> bytes:
 
 
 def _sendable(result: Any) -> Any:
-    if type(result) is TasksStarted:
+    if type(result) is TasksStarted or type(result) is Ready:
         return result
     if type(result) is WorkerFailure:
         return WorkerFailure(result.where, _ExceptionWithTraceback(result.error))  # type: ignore[arg-type]

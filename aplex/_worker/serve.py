@@ -41,6 +41,7 @@ from .messages import (
     CANCELLED,
     DONE,
     FAILED,
+    READY,
     CancelItem,
     StopItem,
     TasksStarted,
@@ -99,6 +100,7 @@ class _Worker:
             except BaseException as exc:  # any failure of the initializer breaks the pool
                 self._endpoint.send([WorkerFailure("initializer", exc)])
                 return
+        self._endpoint.send([READY])
         async with anyio.create_task_group() as task_group:
             self._task_group = task_group
             task_group.start_soon(self._receive_loop)

@@ -438,6 +438,10 @@ class ThreadAsyncPoolExecutor(_AsyncioExecutor[A]):
             coroutine function is awaited on the worker's loop. If it raises,
             the executor is broken.
         initargs: The initializer's arguments.
+        on_worker_death: ``"break"`` (the default): a worker's death (a
+            BaseException escaping a work) breaks the executor.
+            ``"replace"``: only the works on that worker fail, with
+            :class:`~aplex.WorkerDiedError`, and a new worker takes its place.
 
     Raises:
         ValueError: A size below 1, ``future_loop`` without ``awaitable``,
@@ -463,6 +467,7 @@ class ThreadAsyncPoolExecutor(_AsyncioExecutor[A]):
         worker_backend: str = "asyncio",
         initializer: Callable[..., object] | None = None,
         initargs: Iterable[object] = (),
+        on_worker_death: Literal["break", "replace"] = "break",
     ) -> None: ...
 
     @overload
@@ -478,6 +483,7 @@ class ThreadAsyncPoolExecutor(_AsyncioExecutor[A]):
         worker_backend: str = "asyncio",
         initializer: Callable[..., object] | None = None,
         initargs: Iterable[object] = (),
+        on_worker_death: Literal["break", "replace"] = "break",
     ) -> None: ...
 
     def __init__(
@@ -492,6 +498,7 @@ class ThreadAsyncPoolExecutor(_AsyncioExecutor[A]):
         worker_backend: str = "asyncio",
         initializer: Callable[..., object] | None = None,
         initargs: Iterable[object] = (),
+        on_worker_death: Literal["break", "replace"] = "break",
     ) -> None:
         self._start_front_end(awaitable, future_loop)
         super().__init__(
@@ -503,6 +510,7 @@ class ThreadAsyncPoolExecutor(_AsyncioExecutor[A]):
             worker_backend=worker_backend,
             initializer=initializer,
             initargs=initargs,
+            on_worker_death=on_worker_death,
         )
 
 
@@ -524,6 +532,8 @@ class ProcessAsyncPoolExecutor(_AsyncioExecutor[A]):
         worker_backend: As for :class:`ThreadAsyncPoolExecutor`.
         initializer: As for :class:`ThreadAsyncPoolExecutor`; pickled once.
         initargs: The initializer's arguments.
+        on_worker_death: As for :class:`ThreadAsyncPoolExecutor`; a process
+            also dies when it is killed or exits.
         mp_context: A :mod:`multiprocessing` start method name or context.
             The default is ``"forkserver"`` where there is one, else
             ``"spawn"``: neither forks a parent that runs threads.
@@ -548,6 +558,7 @@ class ProcessAsyncPoolExecutor(_AsyncioExecutor[A]):
         worker_backend: str = "asyncio",
         initializer: Callable[..., object] | None = None,
         initargs: Iterable[object] = (),
+        on_worker_death: Literal["break", "replace"] = "break",
         mp_context: str | multiprocessing.context.BaseContext | None = None,
     ) -> None: ...
 
@@ -564,6 +575,7 @@ class ProcessAsyncPoolExecutor(_AsyncioExecutor[A]):
         worker_backend: str = "asyncio",
         initializer: Callable[..., object] | None = None,
         initargs: Iterable[object] = (),
+        on_worker_death: Literal["break", "replace"] = "break",
         mp_context: str | multiprocessing.context.BaseContext | None = None,
     ) -> None: ...
 
@@ -579,6 +591,7 @@ class ProcessAsyncPoolExecutor(_AsyncioExecutor[A]):
         worker_backend: str = "asyncio",
         initializer: Callable[..., object] | None = None,
         initargs: Iterable[object] = (),
+        on_worker_death: Literal["break", "replace"] = "break",
         mp_context: str | multiprocessing.context.BaseContext | None = None,
     ) -> None:
         self._start_front_end(awaitable, future_loop)
@@ -591,6 +604,7 @@ class ProcessAsyncPoolExecutor(_AsyncioExecutor[A]):
             worker_backend=worker_backend,
             initializer=initializer,
             initargs=initargs,
+            on_worker_death=on_worker_death,
         )
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import multiprocessing.context
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from typing import Any, NoReturn, overload
+from typing import Any, Literal, NoReturn, overload
 
 from typing_extensions import ParamSpec, TypeVar, Unpack
 
@@ -269,6 +269,10 @@ class ThreadAsyncPoolExecutor(_TrioExecutor):
             coroutine function is awaited on the worker's loop. If it raises,
             the executor is broken.
         initargs: The initializer's arguments.
+        on_worker_death: ``"break"`` (the default): a worker's death (a
+            BaseException escaping a work) breaks the executor.
+            ``"replace"``: only the works on that worker fail, with
+            :class:`~aplex.WorkerDiedError`, and a new worker takes its place.
 
     Raises:
         ValueError: A size below 1, ``worker_loop_factory`` with a worker
@@ -289,6 +293,7 @@ class ThreadAsyncPoolExecutor(_TrioExecutor):
         worker_backend: str = "trio",
         initializer: Callable[..., object] | None = None,
         initargs: Iterable[object] = (),
+        on_worker_death: Literal["break", "replace"] = "break",
     ) -> None:
         super().__init__(
             kind=ThreadKind(),
@@ -299,6 +304,7 @@ class ThreadAsyncPoolExecutor(_TrioExecutor):
             worker_backend=worker_backend,
             initializer=initializer,
             initargs=initargs,
+            on_worker_death=on_worker_death,
         )
 
 
@@ -318,6 +324,8 @@ class ProcessAsyncPoolExecutor(_TrioExecutor):
         worker_backend: As for :class:`ThreadAsyncPoolExecutor`.
         initializer: As for :class:`ThreadAsyncPoolExecutor`; pickled once.
         initargs: The initializer's arguments.
+        on_worker_death: As for :class:`ThreadAsyncPoolExecutor`; a process
+            also dies when it is killed or exits.
         mp_context: A :mod:`multiprocessing` start method name or context.
             The default is ``"forkserver"`` where there is one, else
             ``"spawn"``: neither forks a parent that runs threads.
@@ -339,6 +347,7 @@ class ProcessAsyncPoolExecutor(_TrioExecutor):
         worker_backend: str = "trio",
         initializer: Callable[..., object] | None = None,
         initargs: Iterable[object] = (),
+        on_worker_death: Literal["break", "replace"] = "break",
         mp_context: str | multiprocessing.context.BaseContext | None = None,
     ) -> None:
         super().__init__(
@@ -350,6 +359,7 @@ class ProcessAsyncPoolExecutor(_TrioExecutor):
             worker_backend=worker_backend,
             initializer=initializer,
             initargs=initargs,
+            on_worker_death=on_worker_death,
         )
 
 

@@ -1,0 +1,239 @@
+"""on_worker_death="replace": a dead worker's works fail alone, with
+WorkerDiedError, and a new worker takes its place (same index, new process
+or thread, initializer run again); works waiting in the executor and works
+on the other workers go on. Real processes, real signals."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from concurrent.futures import CancelledError
+
+import pytest
+
+import aplex
+from aplex.backends import trio as trio_front_end
+from tests import works
+from tests.support import Sticky
+from tests.test_process_failures import _descendants, _fd_count
+
+TIMEOUT = 30  # seconds for any one result: generous, the machine is shared
+
+
+def _count_endings(futures):
+    """How many times each future has ended, as its done callbacks saw it."""
+    endings = [0] * len(futures)
+    lock = threading.Lock()
+
+    def ended(index):
+        with lock:
+            endings[index] += 1
+
+    for index, future in enumerate(futures):
+        future.add_done_callback(lambda _, index=index: ended(index))
+    return endings
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("worker_backend", ["asyncio", "trio"])
+def test_twenty_sigkills_under_load_fail_only_the_dead_workers_works(tmp_path, worker_backend):
+    """Twenty times: worker 0, running two coroutine works, is SIGKILLed
+    while worker 1 runs two of its own. Only worker 0's works fail, with
+    WorkerDiedError naming it and the signal; worker 1's complete; each
+    future ends exactly once; a new process serves at index 0; and twenty
+    deaths leak no process, zombie or fd."""
+    with aplex.ProcessAsyncPoolExecutor(
+        pool_size=2,
+        load_balancer=Sticky,
+        worker_backend=worker_backend,
+        on_worker_death="replace",
+    ) as executor:
+        before = None
+        for round_ in range(20):
+            release = tmp_path / f"release-{round_}"
+            doomed = [
+                executor.submit(works.async_wait_for_file, str(release), 0, load_balancing_meta=0)
+                for _ in range(2)
+            ]
+            spared = [
+                executor.submit(
+                    works.async_wait_for_file, str(release), round_, load_balancing_meta=1
+                )
+                for _ in range(2)
+            ]
+            endings = _count_endings(doomed + spared)
+            pid = executor.submit(works.pid, load_balancing_meta=0).result(TIMEOUT)
+            if before is None:
+                # Counted once the fork server and the resource tracker,
+                # which live on for the session, and both workers run.
+                before = _fd_count(), set(_descendants())
+            os.kill(pid, signal.SIGKILL)
+            for future in doomed:
+                error = future.exception(TIMEOUT)
+                assert isinstance(error, aplex.WorkerDiedError)
+                assert isinstance(error, aplex.AplexWorkerError)
+                assert error.worker == "ProcessWorker-0"
+                assert error.exitcode == -signal.SIGKILL
+                assert "ProcessWorker-0" in str(error) and "SIGKILL" in str(error)
+            new_pid = executor.submit(works.pid, load_balancing_meta=0).result(TIMEOUT)
+            assert new_pid != pid
+            release.touch()
+            assert [future.result(TIMEOUT) for future in spared] == [round_, round_]
+            assert endings == [1, 1, 1, 1]
+        statistics = executor.statistics()
+        assert statistics.replaced == 20
+        assert statistics.failed == 40
+        fds, processes = before
+        # +-2: a transient fd (an import, /proc being read) at either count;
+        # a leak of one pipe per death would show +20 or more.
+        assert abs(_fd_count() - fds) <= 2
+        left = _descendants()
+        assert "Z" not in left.values(), left
+        assert len(left) == len(processes)
+
+
+def test_works_waiting_in_the_executor_survive_a_death(tmp_path):
+    """With one worker taking one work at a time, the works waiting behind
+    the killed one run on its replacement, in order."""
+    with aplex.ProcessAsyncPoolExecutor(
+        pool_size=1, max_works_per_worker=1, on_worker_death="replace"
+    ) as executor:
+        pid = executor.submit(works.pid).result(TIMEOUT)
+        running = executor.submit(works.sleep_sync, 60)
+        waiting = [executor.submit(works.add, index, y=100) for index in range(3)]
+        assert executor.statistics().waiting == 3
+        os.kill(pid, signal.SIGKILL)
+        assert isinstance(running.exception(TIMEOUT), aplex.WorkerDiedError)
+        assert [future.result(TIMEOUT) for future in waiting] == [100, 101, 102]
+        assert executor.submit(works.pid).result(TIMEOUT) != pid
+
+
+@pytest.mark.parametrize("how", ["os_exit", "system_exit"])
+def test_a_process_worker_that_exits_is_replaced(tmp_path, how):
+    """A work that exits its process, or lets SystemExit escape, fails with
+    WorkerDiedError saying how; the cause is the escaped exception."""
+    go = tmp_path / "go"
+    go.touch()
+    with aplex.ProcessAsyncPoolExecutor(pool_size=1, on_worker_death="replace") as executor:
+        error = executor.submit(works.die_when_file_exists, str(go), how).exception(TIMEOUT)
+        assert isinstance(error, aplex.WorkerDiedError)
+        if how == "os_exit":
+            assert error.exitcode == 3
+            assert "exited with code 3" in str(error)
+        else:
+            assert "SystemExit" in str(error)
+            assert isinstance(error.__cause__, SystemExit)
+        assert executor.submit(works.add, 1, y=1).result(TIMEOUT) == 2
+        assert executor.statistics().replaced == 1
+
+
+@pytest.mark.parametrize("worker_backend", ["asyncio", "trio"])
+def test_a_thread_worker_hit_by_a_base_exception_is_replaced(tmp_path, worker_backend):
+    """A BaseException escaping a work ends a thread worker: its works fail
+    with WorkerDiedError (the escaped exception as cause), a new thread at
+    the same index runs the initializer, and the pool serves on."""
+    log: list = []
+    go = tmp_path / "go"
+    with aplex.ThreadAsyncPoolExecutor(
+        pool_size=1,
+        worker_backend=worker_backend,
+        on_worker_death="replace",
+        initializer=works.record_initializer,
+        initargs=(log, "ready"),
+    ) as executor:
+        beside = executor.submit(works.async_wait_for_file, str(tmp_path / "never"))
+        dying = executor.submit(works.async_die_when_file_exists, str(go), "system_exit")
+        endings = _count_endings([beside, dying])
+        go.touch()
+        for future in (beside, dying):
+            error = future.exception(TIMEOUT)
+            assert isinstance(error, aplex.WorkerDiedError)
+            assert error.worker == "ThreadWorker-0"
+            assert isinstance(error.__cause__, SystemExit)
+        assert executor.submit(works.initialized_tag).result(TIMEOUT) == "ready"
+        assert [name for name, _ in log] == [log[0][0]] * 2  # same index, initialized twice
+        assert endings == [1, 1]
+        assert executor.statistics().replaced == 1
+
+
+def test_a_worker_that_dies_once_starting_is_replaced(tmp_path):
+    """A worker that dies in its initializer once is replaced; the works
+    sent to it had not started (a worker runs none before its initializer
+    returns), and run on its replacement instead of failing."""
+    flag = tmp_path / "died"
+    with aplex.ProcessAsyncPoolExecutor(
+        pool_size=1,
+        on_worker_death="replace",
+        initializer=works.die_once_in_initializer,
+        initargs=(str(flag),),
+    ) as executor:
+        futures = [executor.submit(works.add, index, y=3) for index in range(3)]
+        assert [future.result(TIMEOUT) for future in futures] == [3, 4, 5]
+        assert flag.exists()
+        statistics = executor.statistics()
+        assert (statistics.replaced, statistics.completed, statistics.failed) == (1, 3, 0)
+
+
+@pytest.mark.parametrize("worker_backend", ["asyncio", "trio"])
+def test_a_worker_that_dies_twice_starting_breaks_the_pool(worker_backend):
+    """No respawn loop: dying twice in a row before the initializer
+    returns breaks the executor."""
+    executor = aplex.ProcessAsyncPoolExecutor(
+        pool_size=1,
+        worker_backend=worker_backend,
+        on_worker_death="replace",
+        initializer=works.exit_in_initializer,
+    )
+    try:
+        future = executor.submit(works.add, 1)
+        error = future.exception(TIMEOUT)
+        assert isinstance(error, CancelledError)
+        assert isinstance(error.__cause__, aplex.AplexWorkerError)
+        assert "died twice in a row before its initializer returned" in str(error.__cause__)
+        assert "exited with code 5" in str(error.__cause__)
+        assert executor.statistics().replaced == 1
+        with pytest.raises(aplex.AplexWorkerError, match="twice in a row"):
+            executor.submit(works.add, 1)
+    finally:
+        executor.shutdown(wait=True)
+
+
+def test_an_initializer_that_raises_still_breaks_the_pool():
+    gate = threading.Event()
+    gate.set()
+    with aplex.ThreadAsyncPoolExecutor(
+        pool_size=1,
+        on_worker_death="replace",
+        initializer=works.failing_initializer,
+        initargs=(gate, "bad start"),
+    ) as executor:
+        error = executor.submit(works.add, 1).exception(TIMEOUT)
+        assert isinstance(error, CancelledError)
+        assert isinstance(error.__cause__, aplex.AplexWorkerError)
+        assert not isinstance(error.__cause__, aplex.WorkerDiedError)
+        assert "bad start" in repr(error.__cause__.__cause__)
+
+
+@pytest.mark.parametrize(
+    "executor_class",
+    [
+        aplex.ThreadAsyncPoolExecutor,
+        aplex.ProcessAsyncPoolExecutor,
+        trio_front_end.ThreadAsyncPoolExecutor,
+        trio_front_end.ProcessAsyncPoolExecutor,
+    ],
+)
+def test_on_worker_death_is_checked_at_construction(executor_class):
+    with pytest.raises(
+        ValueError, match='on_worker_death must be "break" or "replace", got \'restart\''
+    ):
+        executor_class(pool_size=1, on_worker_death="restart")
+
+
+def test_worker_died_error_pickles():
+    import pickle
+
+    error = aplex.WorkerDiedError("worker ProcessWorker-1 died: ...", "ProcessWorker-1", -9)
+    copy = pickle.loads(pickle.dumps(error))
+    assert (str(copy), copy.worker, copy.exitcode) == (str(error), "ProcessWorker-1", -9)
