@@ -15,8 +15,8 @@ import pytest
 import aplex
 from aplex.backends import trio as trio_front_end
 from tests import works
-from tests.support import Sticky
-from tests.test_process_failures import _descendants, _fd_count
+from tests.support import Sticky, descendants
+from tests.test_process_failures import _fd_count
 
 TIMEOUT = 30  # seconds for any one result: generous, the machine is shared
 
@@ -67,7 +67,7 @@ def test_twenty_sigkills_under_load_fail_only_the_dead_workers_works(tmp_path, w
             if before is None:
                 # Counted once the fork server and the resource tracker,
                 # which live on for the session, and both workers run.
-                before = _fd_count(), set(_descendants())
+                before = _fd_count(), set(descendants())
             os.kill(pid, signal.SIGKILL)
             for future in doomed:
                 error = future.exception(TIMEOUT)
@@ -88,7 +88,7 @@ def test_twenty_sigkills_under_load_fail_only_the_dead_workers_works(tmp_path, w
         # +-2: a transient fd (an import, /proc being read) at either count;
         # a leak of one pipe per death would show +20 or more.
         assert abs(_fd_count() - fds) <= 2
-        left = _descendants()
+        left = descendants()
         assert "Z" not in left.values(), left
         assert len(left) == len(processes)
 
