@@ -200,15 +200,18 @@ def test_a_worker_that_dies_twice_starting_breaks_the_pool(worker_backend):
 
 
 def test_an_initializer_that_raises_still_breaks_the_pool():
+    # Set only once the work is submitted: a pool already broken would
+    # refuse it.
     gate = threading.Event()
-    gate.set()
     with aplex.ThreadAsyncPoolExecutor(
         pool_size=1,
         on_worker_death="replace",
         initializer=works.failing_initializer,
         initargs=(gate, "bad start"),
     ) as executor:
-        error = executor.submit(works.add, 1).exception(TIMEOUT)
+        future = executor.submit(works.add, 1)
+        gate.set()
+        error = future.exception(TIMEOUT)
         assert isinstance(error, CancelledError)
         assert isinstance(error.__cause__, aplex.AplexWorkerError)
         assert not isinstance(error.__cause__, aplex.WorkerDiedError)
