@@ -94,7 +94,10 @@ class PoolStatistics:
         failed: Works that raised, or that could not be sent or balanced.
         cancelled: Works cancelled, including those a broken pool ended.
         replaced: Workers that died and were replaced (with
-            ``on_worker_death="replace"``).
+            ``on_worker_death="replace"``, or killed by ``kill_on_cancel``).
+        recycled: Workers that took their ``max_works_per_child`` works,
+            exited once these had ended, and were replaced: not deaths, and
+            not counted in ``replaced``.
     """
 
     workers: tuple[WorkerStatistics, ...]
@@ -103,6 +106,7 @@ class PoolStatistics:
     failed: int
     cancelled: int
     replaced: int = 0
+    recycled: int = 0
 
     @property
     def running(self) -> int:
@@ -271,6 +275,7 @@ class Dispatcher:
         max_works_per_worker: int | None,
         start_workers: StartWorkers,
         on_worker_death: str = "break",
+        max_works_per_child: int | None = None,
     ):
         self._lock = threading.Lock()
         # With on_worker_death="replace": whether each worker has reported
@@ -297,6 +302,20 @@ class Dispatcher:
         self._owner_pid = os.getpid()  # a forked child's copy belongs to this process
         self._forgotten = False
         self._broken: AplexWorkerError | None = None
+        # With max_works_per_child: the works sent to each index's current
+        # worker, and the works still running on each worker being
+        # recycled. A worker sent its last work is held at the limit, full
+        # to the balancer and to _has_free_worker() until its replacement
+        # starts: it never takes more than it may. A worker never runs more
+        # at once than it is ever sent, so the child's cap bounds the limit.
+        self._per_child = max_works_per_child
+        self._sent = [0] * len(worker_names)
+        self._retiring: dict[int, int] = {}
+        self._recycled = 0
+        if max_works_per_child is not None and (
+            max_works_per_worker is None or max_works_per_child < max_works_per_worker
+        ):
+            max_works_per_worker = max_works_per_child
         self._limit = max_works_per_worker
         self._full_workers = 0  # how many are at the limit: kept, not counted per work
         self.workers = tuple(Worker(index, name) for index, name in enumerate(worker_names))
@@ -550,7 +569,12 @@ class Dispatcher:
         with self._lock:
             return PoolStatistics(
                 workers=tuple(
-                    WorkerStatistics(worker.index, worker.name, load, bool(blocked[worker.index]))
+                    WorkerStatistics(
+                        worker.index,
+                        worker.name,
+                        self._retiring.get(worker.index, load),
+                        bool(blocked[worker.index]),
+                    )
                     for worker, load in self._workloads.items()
                 ),
                 waiting=len(self._waiting) - self._waiting_cancelled,
@@ -558,6 +582,7 @@ class Dispatcher:
                 failed=self._failed,
                 cancelled=self._cancelled,
                 replaced=self._replaced,
+                recycled=self._recycled,
             )
 
     # -- workers ---------------------------------------------------------
@@ -597,9 +622,15 @@ class Dispatcher:
                     value = _load_error(value, work.fn)  # before end() lets go of fn
                 assert work.worker is not None
                 load = self._workloads[work.worker]
-                if load == self._limit:
-                    self._full_workers -= 1
-                self._workloads[work.worker] = load - 1
+                if load != self._limit:
+                    self._workloads[work.worker] = load - 1
+                else:
+                    left = self._retiring.get(work.worker.index)
+                    if left is None:
+                        self._full_workers -= 1
+                        self._workloads[work.worker] = load - 1
+                    else:  # held full until its replacement starts
+                        self._retiring[work.worker.index] = left - 1
                 future = work.end()
                 if work.cancelled:
                     continue  # counted, and settled, when cancelled
@@ -629,7 +660,9 @@ class Dispatcher:
                 work.worker is not None and work.worker.index == index
                 for work in self._running.values()
             )
-            if error is not None or not self._stop_sent or on_this_worker:
+            if error is None and index in self._retiring and not on_this_worker:
+                self._recycle(index)
+            elif error is not None or not self._stop_sent or on_this_worker:
                 if self._replace and self._broken is None:
                     self._worker_died(index, error)
                 else:
@@ -641,6 +674,31 @@ class Dispatcher:
         self._after(effects)
 
     # -- under the lock --------------------------------------------------
+
+    def _retire(self, worker: Worker) -> None:
+        """Worker ``worker`` has been sent its last work: hold it full, and
+        tell it alone to stop once its works have ended."""
+        load = self._workloads[worker]
+        self._retiring[worker.index] = load
+        assert self._limit is not None  # the child's cap bounds it
+        if load != self._limit:
+            self._workloads[worker] = self._limit
+            self._full_workers += 1
+        self._send_later(worker.index, STOP)
+
+    def _recycle(self, index: int) -> None:
+        """Retired worker ``index`` has exited cleanly: start another in
+        its place."""
+        del self._retiring[index]
+        self._workloads[self.workers[index]] = 0
+        self._full_workers -= 1
+        self._sent[index] = 0
+        self._ready[index] = False
+        self._recycled += 1
+        if self._stop_sent:
+            return  # shutting down, nothing waits: no worker needed there
+        self._send_later(index, RESTART)
+        self._dispatch_waiting()
 
     def _worker_died(self, index: int, error: BaseException | None) -> None:
         """Fail the works on dead worker ``index`` and start another in its
@@ -684,12 +742,19 @@ class Dispatcher:
             else:
                 self._failed += 1
                 self._to_settle.append((work.end(), FAILED, died))
-        self._waiting.extendleft(reversed(requeued))
         if self._workloads[worker] == self._limit:
             self._full_workers -= 1
         self._workloads[worker] = 0
+        self._retiring.pop(index, None)
+        self._sent[index] = 0
         if self._stop_sent:
-            return  # nothing waits and nothing comes: no worker needed there
+            # Nothing more comes, and the other workers have been told to
+            # stop: there is no worker left to run them.
+            for work in requeued:
+                self._failed += 1
+                self._to_settle.append((work.end(), FAILED, died))
+            return
+        self._waiting.extendleft(reversed(requeued))
         # The items decided for the dead worker go before the marker (to be
         # dropped), the new worker's after it, in the order decided.
         self._send_later(index, RESTART)
@@ -713,7 +778,9 @@ class Dispatcher:
 
     def _place(self, work: _Work) -> bool:
         """Send ``work`` to the worker the balancer picks; False if every
-        worker is full. A balancer fault fails the work (and returns True)."""
+        worker is full, or if the balancer picked a worker being recycled
+        (the work then waits for its replacement). A balancer fault fails the
+        work (and returns True)."""
         if not self._has_free_worker():
             return False
         try:
@@ -736,6 +803,8 @@ class Dispatcher:
                 ),
             )
         if self._limit is not None and load >= self._limit:
+            if worker.index in self._retiring:
+                return False  # it waits for the worker's replacement
             return self._reject(
                 work,
                 self._balancer_fault(
@@ -754,6 +823,10 @@ class Dispatcher:
         if first_placed:
             work.future.set_running_or_notify_cancel()
         self._send_later(worker.index, work)
+        if self._per_child is not None:
+            self._sent[worker.index] += 1
+            if self._sent[worker.index] == self._per_child:
+                self._retire(worker)
         return True
 
     def _send_later(self, index: int, item: Any) -> None:
@@ -780,7 +853,10 @@ class Dispatcher:
                 waiting.popleft()
                 self._waiting_cancelled -= 1
             elif self._has_free_worker():
-                self._place(waiting.popleft())
+                work = waiting.popleft()
+                if not self._place(work):
+                    waiting.appendleft(work)
+                    return
             else:
                 return
         if self._shutdown and not self._stop_sent and self._broken is None:
@@ -825,6 +901,7 @@ class Dispatcher:
         for worker in self._workloads:
             self._workloads[worker] = 0
         self._full_workers = 0
+        self._retiring.clear()
 
     def _leave(self) -> _Effects:
         """Take what this locked section leaves to do (see :meth:`_after`)."""

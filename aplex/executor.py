@@ -119,12 +119,19 @@ class AsyncPoolExecutor:
             ``"replace"`` fails only the works that were on that worker,
             with :class:`~aplex.WorkerDiedError`, and starts another worker
             in its place. Either way an initializer that raises breaks it.
+        max_works_per_child: Process workers only: a worker that has been
+            sent this many works takes no more, exits once they have ended,
+            and a new worker takes its place (a ``map`` chunk counts as one
+            work); None, the default, keeps workers for the pool's life. Not
+            a death, whatever ``on_worker_death`` says.
 
     Raises:
         ValueError: A size below 1, ``worker_loop_factory`` with a worker
-            backend that takes none, or an unknown backend name.
-        TypeError: A load balancer that is not a ``LoadBalancer`` subclass, or
-            a factory or initializer that is not callable.
+            backend that takes none, an unknown backend name, or
+            ``max_works_per_child`` for thread workers.
+        TypeError: A size that is not an int, a load balancer that is not a
+            ``LoadBalancer`` subclass, or a factory or initializer that is not
+            callable.
     """
 
     def __init__(
@@ -139,6 +146,7 @@ class AsyncPoolExecutor:
         initializer: Callable[..., object] | None,
         initargs: Iterable[object],
         on_worker_death: str = "break",
+        max_works_per_child: int | None = None,
     ):
         if pool_size is None:
             pool_size = os.cpu_count() or 1
@@ -167,6 +175,13 @@ class AsyncPoolExecutor:
             raise ValueError(
                 f'on_worker_death must be "break" or "replace", got {on_worker_death!r}'
             )
+        if max_works_per_child is not None:
+            _check_size("max_works_per_child", max_works_per_child)
+            if kind.in_process:
+                raise ValueError(
+                    "max_works_per_child applies to process workers only: a thread "
+                    "worker has no memory of its own to give back by exiting"
+                )
         pool_id = next_pool_id()
         names = [f"{kind.name}Worker-{index}" for index in range(pool_size)]
         self._dispatcher = Dispatcher(
@@ -174,6 +189,7 @@ class AsyncPoolExecutor:
             load_balancer=load_balancer,
             max_works_per_worker=max_works_per_worker,
             on_worker_death=on_worker_death,
+            max_works_per_child=max_works_per_child,
             start_workers=partial(
                 kind.start,
                 [f"pool{pool_id}-{name}" for name in names],

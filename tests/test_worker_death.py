@@ -15,7 +15,7 @@ import pytest
 import aplex
 from aplex.backends import trio as trio_front_end
 from tests import works
-from tests.support import Sticky, descendants
+from tests.support import Sticky, alive, descendants, wait_until
 from tests.test_process_failures import _fd_count
 
 TIMEOUT = 30  # seconds for any one result: generous, the machine is shared
@@ -240,3 +240,129 @@ def test_worker_died_error_pickles():
     error = aplex.WorkerDiedError("worker ProcessWorker-1 died: ...", "ProcessWorker-1", -9)
     copy = pickle.loads(pickle.dumps(error))
     assert (str(copy), copy.worker, copy.exitcode) == (str(error), "ProcessWorker-1", -9)
+
+
+# -- max_works_per_child: recycling ------------------------------------------
+
+
+def _groups(values):
+    """[a, a, b, b, b] -> [(a, 2), (b, 3)]."""
+    groups: list[list] = []
+    for value in values:
+        if groups and groups[-1][0] == value:
+            groups[-1][1] += 1
+        else:
+            groups.append([value, 1])
+    return [tuple(group) for group in groups]
+
+
+@pytest.mark.parametrize("worker_backend", ["asyncio", "trio"])
+@pytest.mark.parametrize("on_worker_death", ["break", "replace"])
+def test_a_worker_is_recycled_after_its_works(worker_backend, on_worker_death):
+    """Every 3 works a new process takes the index, its initializer run
+    again; nothing fails and no death is counted, with either crash policy.
+    Submitted all at once: works beyond a retiring worker's share wait for
+    its replacement instead of going to it."""
+    with aplex.ProcessAsyncPoolExecutor(
+        pool_size=1,
+        worker_backend=worker_backend,
+        on_worker_death=on_worker_death,
+        max_works_per_child=3,
+        initializer=works.initialize,
+        initargs=("ready",),
+    ) as executor:
+        futures = [executor.submit(works.pid_and_initialized) for _ in range(9)]
+        results = [future.result(TIMEOUT) for future in futures]
+        assert {initialized for _, initialized in results} == {("plain", "ready")}
+        groups = _groups([pid for pid, _ in results])
+        assert [count for _, count in groups] == [3, 3, 3]
+        assert len({pid for pid, _ in groups}) == 3
+        wait_until(lambda: executor.statistics().recycled == 3)
+        statistics = executor.statistics()
+        assert (statistics.replaced, statistics.failed, statistics.completed) == (0, 0, 9)
+        # The fourth process serves on.
+        assert executor.submit(works.pid).result(TIMEOUT) not in {pid for pid, _ in groups}
+
+
+@pytest.mark.parametrize("worker_backend", ["asyncio", "trio"])
+def test_a_retiring_worker_finishes_its_running_works(tmp_path, worker_backend):
+    """Its last works run to their end while the next one waits in the
+    executor; statistics show them running on it until it exits."""
+    release = tmp_path / "release"
+    with aplex.ProcessAsyncPoolExecutor(
+        pool_size=1, worker_backend=worker_backend, max_works_per_child=2
+    ) as executor:
+        running = [executor.submit(works.async_pid_until_file, str(release)) for _ in range(2)]
+        later = executor.submit(works.pid)
+        statistics = executor.statistics()
+        assert (statistics.running, statistics.waiting) == (2, 1)
+        assert not later.done()
+        release.touch()
+        old = {future.result(TIMEOUT) for future in running}
+        assert len(old) == 1
+        assert later.result(TIMEOUT) not in old
+        assert executor.statistics().recycled == 1
+        assert executor.statistics().failed == 0
+
+
+def test_a_map_chunk_counts_as_one_work():
+    with aplex.ProcessAsyncPoolExecutor(pool_size=1, max_works_per_child=1) as executor:
+        results = list(executor.map(works.pid_and_initialized, range(6), chunksize=3))
+    pids = [pid for pid, _ in results]
+    assert [count for _, count in _groups(pids)] == [3, 3]
+
+
+def test_a_balancer_that_picks_a_retiring_worker_makes_the_work_wait(tmp_path):
+    """Sticky sends to worker 0 while it retires: the work is not failed as
+    sent to a full worker, it waits (first in the line, as behind a full
+    pool) and runs on worker 0's replacement."""
+    release = tmp_path / "release"
+    with aplex.ProcessAsyncPoolExecutor(
+        pool_size=2, load_balancer=Sticky, max_works_per_child=1
+    ) as executor:
+        last = executor.submit(works.async_pid_until_file, str(release), load_balancing_meta=0)
+        waiting = executor.submit(works.pid, load_balancing_meta=0)
+        behind = executor.submit(works.pid, load_balancing_meta=1)
+        assert executor.statistics().waiting == 2
+        release.touch()
+        assert waiting.result(TIMEOUT) != last.result(TIMEOUT)
+        behind.result(TIMEOUT)
+        assert executor.statistics().failed == 0
+
+
+def test_recycling_during_shutdown_leaves_nothing_behind(tmp_path):
+    """shutdown(wait=True) waits for the works waiting behind a retiring
+    worker, then for every process, the replacements too."""
+    with aplex.ProcessAsyncPoolExecutor(pool_size=2, max_works_per_child=2) as executor:
+        futures = [executor.submit(works.add, index, y=1) for index in range(11)]
+        before = set(descendants())
+    assert [future.result(0) for future in futures] == list(range(1, 12))
+    assert executor.statistics().recycled >= 4
+    left = set(descendants()) - before
+    assert not [pid for pid in left if alive(pid)]
+
+
+@pytest.mark.parametrize(
+    "executor_class", [aplex.ProcessAsyncPoolExecutor, trio_front_end.ProcessAsyncPoolExecutor]
+)
+@pytest.mark.parametrize(
+    ("value", "error", "message"),
+    [
+        (0, ValueError, "max_works_per_child must be at least 1, got 0"),
+        (-3, ValueError, "max_works_per_child must be at least 1"),
+        ("3", TypeError, "max_works_per_child must be an int, got '3'"),
+        (True, TypeError, "max_works_per_child must be an int"),
+        (2.0, TypeError, "max_works_per_child must be an int"),
+    ],
+)
+def test_max_works_per_child_is_checked(executor_class, value, error, message):
+    with pytest.raises(error, match=message):
+        executor_class(pool_size=1, max_works_per_child=value)
+
+
+@pytest.mark.parametrize(
+    "executor_class", [aplex.ThreadAsyncPoolExecutor, trio_front_end.ThreadAsyncPoolExecutor]
+)
+def test_max_works_per_child_is_for_process_workers_only(executor_class):
+    with pytest.raises(ValueError, match="max_works_per_child applies to process workers only"):
+        executor_class(pool_size=1, max_works_per_child=5)

@@ -863,3 +863,15 @@ def die_once_in_initializer(path, code=5):
     if not os.path.exists(path):
         _touch(path)
         os._exit(code)
+
+
+def pid_and_initialized(*args):
+    """Which process ran the work, and what its initializer left there
+    (see :func:`initialize`); takes any arguments, for ``map``."""
+    return os.getpid(), _initialized
+
+
+async def async_pid_until_file(path, timeout=30):
+    """A coroutine work that returns its process's pid once ``path`` exists."""
+    await _wait_for_file(path, timeout)
+    return os.getpid()

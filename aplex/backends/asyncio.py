@@ -442,11 +442,15 @@ class ThreadAsyncPoolExecutor(_AsyncioExecutor[A]):
             BaseException escaping a work) breaks the executor.
             ``"replace"``: only the works on that worker fail, with
             :class:`~aplex.WorkerDiedError`, and a new worker takes its place.
+        max_works_per_child: Process executors only (a thread has no memory
+            of its own to give back by exiting): anything but None raises
+            ValueError.
 
     Raises:
-        ValueError: A size below 1, ``future_loop`` without ``awaitable``,
-            ``worker_loop_factory`` with a worker backend that takes none, or
-            an unknown backend name.
+        ValueError: A size below 1, ``max_works_per_child`` given,
+            ``future_loop`` without ``awaitable``, ``worker_loop_factory``
+            with a worker backend that takes none, or an unknown backend
+            name.
         TypeError: A load balancer that is not a ``LoadBalancer`` subclass, a
             factory or initializer that is not callable, or a ``future_loop``
             that is not an asyncio loop.
@@ -468,6 +472,7 @@ class ThreadAsyncPoolExecutor(_AsyncioExecutor[A]):
         initializer: Callable[..., object] | None = None,
         initargs: Iterable[object] = (),
         on_worker_death: Literal["break", "replace"] = "break",
+        max_works_per_child: None = None,
     ) -> None: ...
 
     @overload
@@ -484,6 +489,7 @@ class ThreadAsyncPoolExecutor(_AsyncioExecutor[A]):
         initializer: Callable[..., object] | None = None,
         initargs: Iterable[object] = (),
         on_worker_death: Literal["break", "replace"] = "break",
+        max_works_per_child: None = None,
     ) -> None: ...
 
     def __init__(
@@ -499,6 +505,7 @@ class ThreadAsyncPoolExecutor(_AsyncioExecutor[A]):
         initializer: Callable[..., object] | None = None,
         initargs: Iterable[object] = (),
         on_worker_death: Literal["break", "replace"] = "break",
+        max_works_per_child: None = None,
     ) -> None:
         self._start_front_end(awaitable, future_loop)
         super().__init__(
@@ -511,6 +518,7 @@ class ThreadAsyncPoolExecutor(_AsyncioExecutor[A]):
             initializer=initializer,
             initargs=initargs,
             on_worker_death=on_worker_death,
+            max_works_per_child=max_works_per_child,
         )
 
 
@@ -534,6 +542,13 @@ class ProcessAsyncPoolExecutor(_AsyncioExecutor[A]):
         initargs: The initializer's arguments.
         on_worker_death: As for :class:`ThreadAsyncPoolExecutor`; a process
             also dies when it is killed or exits.
+        max_works_per_child: A worker that has been sent this many works
+            takes no more, exits once they have ended, and a new worker
+            (new process, initializer run again) takes its place: memory a
+            work leaked goes with it. A ``map`` chunk counts as one work.
+            None, the default, keeps each worker for the pool's life. A
+            recycled worker is no death: nothing fails, whatever
+            ``on_worker_death`` says (see ``statistics().recycled``).
         mp_context: A :mod:`multiprocessing` start method name or context.
             The default is ``"forkserver"`` where there is one, else
             ``"spawn"``: neither forks a parent that runs threads.
@@ -559,6 +574,7 @@ class ProcessAsyncPoolExecutor(_AsyncioExecutor[A]):
         initializer: Callable[..., object] | None = None,
         initargs: Iterable[object] = (),
         on_worker_death: Literal["break", "replace"] = "break",
+        max_works_per_child: int | None = None,
         mp_context: str | multiprocessing.context.BaseContext | None = None,
     ) -> None: ...
 
@@ -576,6 +592,7 @@ class ProcessAsyncPoolExecutor(_AsyncioExecutor[A]):
         initializer: Callable[..., object] | None = None,
         initargs: Iterable[object] = (),
         on_worker_death: Literal["break", "replace"] = "break",
+        max_works_per_child: int | None = None,
         mp_context: str | multiprocessing.context.BaseContext | None = None,
     ) -> None: ...
 
@@ -592,6 +609,7 @@ class ProcessAsyncPoolExecutor(_AsyncioExecutor[A]):
         initializer: Callable[..., object] | None = None,
         initargs: Iterable[object] = (),
         on_worker_death: Literal["break", "replace"] = "break",
+        max_works_per_child: int | None = None,
         mp_context: str | multiprocessing.context.BaseContext | None = None,
     ) -> None:
         self._start_front_end(awaitable, future_loop)
@@ -605,6 +623,7 @@ class ProcessAsyncPoolExecutor(_AsyncioExecutor[A]):
             initializer=initializer,
             initargs=initargs,
             on_worker_death=on_worker_death,
+            max_works_per_child=max_works_per_child,
         )
 
 

@@ -273,10 +273,14 @@ class ThreadAsyncPoolExecutor(_TrioExecutor):
             BaseException escaping a work) breaks the executor.
             ``"replace"``: only the works on that worker fail, with
             :class:`~aplex.WorkerDiedError`, and a new worker takes its place.
+        max_works_per_child: Process executors only (a thread has no memory
+            of its own to give back by exiting): anything but None raises
+            ValueError.
 
     Raises:
-        ValueError: A size below 1, ``worker_loop_factory`` with a worker
-            backend that takes none, or an unknown backend name.
+        ValueError: A size below 1, ``max_works_per_child`` given,
+            ``worker_loop_factory`` with a worker backend that takes none, or
+            an unknown backend name.
         TypeError: A load balancer that is not a ``LoadBalancer`` subclass,
             or a factory or initializer that is not callable.
 
@@ -294,6 +298,7 @@ class ThreadAsyncPoolExecutor(_TrioExecutor):
         initializer: Callable[..., object] | None = None,
         initargs: Iterable[object] = (),
         on_worker_death: Literal["break", "replace"] = "break",
+        max_works_per_child: None = None,
     ) -> None:
         super().__init__(
             kind=ThreadKind(),
@@ -305,6 +310,7 @@ class ThreadAsyncPoolExecutor(_TrioExecutor):
             initializer=initializer,
             initargs=initargs,
             on_worker_death=on_worker_death,
+            max_works_per_child=max_works_per_child,
         )
 
 
@@ -326,6 +332,13 @@ class ProcessAsyncPoolExecutor(_TrioExecutor):
         initargs: The initializer's arguments.
         on_worker_death: As for :class:`ThreadAsyncPoolExecutor`; a process
             also dies when it is killed or exits.
+        max_works_per_child: A worker that has been sent this many works
+            takes no more, exits once they have ended, and a new worker
+            (new process, initializer run again) takes its place: memory a
+            work leaked goes with it. A ``map`` chunk counts as one work.
+            None, the default, keeps each worker for the pool's life. A
+            recycled worker is no death: nothing fails, whatever
+            ``on_worker_death`` says (see ``statistics().recycled``).
         mp_context: A :mod:`multiprocessing` start method name or context.
             The default is ``"forkserver"`` where there is one, else
             ``"spawn"``: neither forks a parent that runs threads.
@@ -348,6 +361,7 @@ class ProcessAsyncPoolExecutor(_TrioExecutor):
         initializer: Callable[..., object] | None = None,
         initargs: Iterable[object] = (),
         on_worker_death: Literal["break", "replace"] = "break",
+        max_works_per_child: int | None = None,
         mp_context: str | multiprocessing.context.BaseContext | None = None,
     ) -> None:
         super().__init__(
@@ -360,6 +374,7 @@ class ProcessAsyncPoolExecutor(_TrioExecutor):
             initializer=initializer,
             initargs=initargs,
             on_worker_death=on_worker_death,
+            max_works_per_child=max_works_per_child,
         )
 
 
