@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import importlib
 import multiprocessing
+import multiprocessing.connection
 import multiprocessing.process
 import os
 import sys
@@ -83,6 +84,13 @@ _CONTROLS = (CancelItem, StopItem)
 # started, as a fork-start worker is forked from this very process.
 _parent_ends: weakref.WeakSet[Any] = weakref.WeakSet()
 _worker_processes: weakref.WeakSet[Any] = weakref.WeakSet()
+# Reaping a worker reads its exit code once from a pipe when the fork server
+# started it, and Process.start() first polls every child of this process:
+# two threads reading one exit code at once leave one of them with end of
+# file, which multiprocessing reports as exit code 255, and a clean exit
+# looks like a crash. Starting (a replacement, a recycled worker's
+# successor) and reaping take this lock; waiting for an exit does not.
+_children_lock = threading.Lock()
 # How long a constructor that failed waits for each worker it had started
 # to be reaped (they are killed first, so this is rarely more than a few ms).
 _START_FAILURE_WAIT = 5.0
@@ -227,7 +235,8 @@ class ProcessWorkers:
             name=f"aplex-{name}",
         )
         try:
-            process.start()
+            with _children_lock:
+                process.start()
         except BaseException as exc:
             # A child started before the failure (Ctrl-C while it starts)
             # sees its pipe closed and exits on its own; one whose pid is
@@ -398,7 +407,9 @@ class _ProcessLink:
             self._ready.notify()
         if self._feeder.is_alive():
             self._feeder.join(_START_FAILURE_WAIT)
-        self.process.join(_START_FAILURE_WAIT)
+        if multiprocessing.connection.wait([self.process.sentinel], _START_FAILURE_WAIT):
+            with _children_lock:
+                self.process.join()
         self._connection.close()
 
     def stop_now(self) -> None:
@@ -542,13 +553,15 @@ class _ProcessLink:
             # pool, as its works' results could never arrive.
             self._failure = self._failure or exc
             _kill(self.process)
-        self.process.join()
+        multiprocessing.connection.wait([self.process.sentinel])
+        with _children_lock:
+            self.process.join()
         with self._lock:
             self._closing = True
             self._ready.notify()
         self._feeder.join()
         self._connection.close()
-        exitcode = self.process.exitcode
+        exitcode = self.process.exitcode  # known since join(): no second read
         self.process.close()
         error = self._failure
         if error is None and exitcode != 0:
@@ -640,6 +653,8 @@ def _forget_after_fork() -> None:
     child, and multiprocessing would fail to check on it
     (``ChildProcessError``).
     """
+    global _children_lock
+    _children_lock = threading.Lock()  # a thread of the parent may have held it
     for connection in list(_parent_ends):
         connection.close()
     _parent_ends.clear()
