@@ -175,6 +175,32 @@ def test_a_worker_that_dies_once_starting_is_replaced(tmp_path):
         assert (statistics.replaced, statistics.completed, statistics.failed) == (1, 3, 0)
 
 
+def test_a_worker_that_dies_starting_during_shutdown_fails_its_works(tmp_path):
+    """Shutdown has told every worker to stop when the worker dies in its
+    initializer: the works sent to it never started, and with no worker
+    left to run them they fail with WorkerDiedError rather than wait for
+    ever (shutdown then found them unfinished and broke the pool)."""
+    gate = tmp_path / "gate"
+    executor = aplex.ProcessAsyncPoolExecutor(
+        pool_size=1,
+        on_worker_death="replace",
+        initializer=works.die_once_in_initializer_after_file,
+        initargs=(str(tmp_path / "died"), str(gate)),
+    )
+    try:
+        futures = [executor.submit(works.add, index) for index in range(2)]
+        executor.shutdown(wait=False)
+        gate.touch()
+        for future in futures:
+            error = future.exception(TIMEOUT)
+            assert isinstance(error, aplex.WorkerDiedError), repr(error)
+            assert "exited with code 5" in str(error)
+    finally:
+        executor.shutdown(wait=True)
+    statistics = executor.statistics()
+    assert (statistics.failed, statistics.cancelled, statistics.replaced) == (2, 0, 0)
+
+
 @pytest.mark.parametrize("worker_backend", ["asyncio", "trio"])
 def test_a_worker_that_dies_twice_starting_breaks_the_pool(worker_backend):
     """No respawn loop: dying twice in a row before the initializer

@@ -875,3 +875,10 @@ async def async_pid_until_file(path, timeout=30):
     """A coroutine work that returns its process's pid once ``path`` exists."""
     await _wait_for_file(path, timeout)
     return os.getpid()
+
+
+def die_once_in_initializer_after_file(path, gate, timeout=30, code=5):
+    """An initializer that waits for ``gate`` to exist, then dies the first
+    time (creating ``path``) and returns every time after."""
+    _wait_for_file_sync(gate, timeout)
+    die_once_in_initializer(path, code)
