@@ -49,6 +49,7 @@ from ._worker.messages import (
     CANCELLED,
     DONE,
     FAILED,
+    KILL,
     RELOAD,
     RESTART,
     STOP,
@@ -143,6 +144,10 @@ class WorkerPool(Protocol):
     def runs_current_thread(self) -> bool:
         """Whether the caller runs on one of the pool's own threads."""
 
+    def signal_all(self, *, kill: bool) -> None:
+        """Terminate (SIGTERM) or kill (SIGKILL) every worker process now,
+        and start none from now on. Process workers only."""
+
 
 class _NoWorkers:
     """The pool of a Dispatcher whose workers are still starting, or of a
@@ -169,6 +174,9 @@ class _NoWorkers:
 
     def runs_current_thread(self) -> bool:
         return False
+
+    def signal_all(self, *, kill: bool) -> None:
+        pass
 
 
 OnResults = Callable[[int, list[Any]], None]
@@ -276,8 +284,14 @@ class Dispatcher:
         start_workers: StartWorkers,
         on_worker_death: str = "break",
         max_works_per_child: int | None = None,
+        kill_on_cancel: bool = False,
     ):
         self._lock = threading.Lock()
+        # With kill_on_cancel: the workers killed to cancel a plain function
+        # they run, until their death is seen. Each is replaced, whatever
+        # on_worker_death says, and takes no work meanwhile.
+        self._kill_on_cancel = kill_on_cancel
+        self._killing: set[int] = set()
         # With on_worker_death="replace": whether each worker has reported
         # its initializer done, how many times in a row it died before
         # that, and what it reported just before dying.
@@ -392,6 +406,14 @@ class Dispatcher:
                     # The work's slot stays taken until its worker answers.
                     assert work.worker is not None
                     self._send_later(work.worker.index, CancelItem(work.work_id))
+                elif self._kill_on_cancel:
+                    # A plain function cannot be interrupted: its process
+                    # is killed. Its result, should it come first, is dropped.
+                    assert work.worker is not None
+                    index = work.worker.index
+                    if index not in self._killing:
+                        self._killing.add(index)
+                        self._send_later(index, KILL)
                 else:
                     return False
                 work.cancelled = True
@@ -524,6 +546,47 @@ class Dispatcher:
                 self._pool.stop_now(busy)
         if wait:
             self.wait_stopped(time.monotonic() + STOP_GRACE)
+
+    def signal_workers(self, *, kill: bool) -> None:
+        """Shut down, and terminate (SIGTERM) or kill (SIGKILL) every worker
+        process at once, as Python 3.14's ``terminate_workers()`` and
+        ``kill_workers()``: the waiting works end cancelled, the works sent to
+        a worker fail with :class:`AplexWorkerError`, and no worker is
+        started again. On an executor shut down or broken already, the
+        workers still running are signalled all the same."""
+        how = "killed by kill_workers()" if kill else "terminated by terminate_workers()"
+        with deferred:
+            with self._lock:
+                self._shutdown = True
+                if not self._stopped_now and self._broken is None:
+                    # Their exits are nobody's news now: nothing fails twice.
+                    self._stopped_now = True
+                    for work in self._waiting:
+                        if work.state != _ENDED:  # else cancelled while waiting
+                            work.cancelled = True
+                            self._cancelled += 1
+                            self._to_settle.append((work.end(), CANCELLED, None))
+                    for work in self._running.values():
+                        if work.cancelled:
+                            work.end()  # counted, and settled, when cancelled
+                            continue
+                        assert work.worker is not None
+                        self._failed += 1
+                        error = AplexWorkerError(f"worker {work.worker.name} was {how}")
+                        self._to_settle.append((work.end(), FAILED, error))
+                    self._waiting.clear()
+                    self._waiting_cancelled = 0
+                    self._running.clear()
+                    for worker in self._workloads:
+                        self._workloads[worker] = 0
+                    self._full_workers = 0
+                    self._retiring.clear()
+                    self._killing.clear()
+                    self._outbox.clear()
+                    self._stop_sent = True
+                effects = self._leave()
+            self._after(effects)
+            self._pool.signal_all(kill=kill)
 
     def wait_stopped(self, deadline: float) -> None:
         """After :meth:`stop_now`: wait until ``deadline`` for the workers to
@@ -660,11 +723,13 @@ class Dispatcher:
                 work.worker is not None and work.worker.index == index
                 for work in self._running.values()
             )
+            killed = index in self._killing
+            self._killing.discard(index)
             if error is None and index in self._retiring and not on_this_worker:
                 self._recycle(index)
-            elif error is not None or not self._stop_sent or on_this_worker:
-                if self._replace and self._broken is None:
-                    self._worker_died(index, error)
+            elif killed or error is not None or not self._stop_sent or on_this_worker:
+                if (self._replace or killed) and self._broken is None:
+                    self._worker_died(index, error, killed=killed)
                 else:
                     name = self.workers[index].name
                     broken = AplexWorkerError(f"worker {name} exited unexpectedly")
@@ -700,13 +765,18 @@ class Dispatcher:
         self._send_later(index, RESTART)
         self._dispatch_waiting()
 
-    def _worker_died(self, index: int, error: BaseException | None) -> None:
+    def _worker_died(
+        self, index: int, error: BaseException | None, *, killed: bool = False
+    ) -> None:
         """Fail the works on dead worker ``index`` and start another in its
-        place, unless it died starting twice in a row."""
+        place, unless it died starting twice in a row (a worker ``killed``
+        to cancel a work did not die of its own)."""
         worker = self.workers[index]
         cause = self._last_words.pop(index, None) or error
         exitcode = error.exitcode if isinstance(error, ProcessExit) else None
-        if isinstance(error, ProcessExit):
+        if killed:
+            how = "it was killed to cancel a plain function sent to it (kill_on_cancel)"
+        elif isinstance(error, ProcessExit):
             how = str(error)
         elif cause is not None and cause is not error:
             how = f"{type(cause).__name__} escaped a work and ended it"
@@ -714,7 +784,7 @@ class Dispatcher:
             how = f"it failed: {error!r}"
         else:
             how = "it exited unexpectedly"
-        if not self._ready[index]:
+        if not self._ready[index] and not killed:
             self._deaths_starting[index] += 1
             if self._deaths_starting[index] >= 2:
                 broken = AplexWorkerError(
@@ -802,6 +872,8 @@ class Dispatcher:
                     f"returned {describe(worker)}, which is not a worker of this pool"
                 ),
             )
+        if self._killing and worker.index in self._killing:
+            return False  # it waits for the worker's replacement
         if self._limit is not None and load >= self._limit:
             if worker.index in self._retiring:
                 return False  # it waits for the worker's replacement
@@ -902,6 +974,7 @@ class Dispatcher:
             self._workloads[worker] = 0
         self._full_workers = 0
         self._retiring.clear()
+        self._killing.clear()
 
     def _leave(self) -> _Effects:
         """Take what this locked section leaves to do (see :meth:`_after`)."""

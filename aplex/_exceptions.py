@@ -30,12 +30,17 @@ class AplexWorkerError(BrokenExecutor):
     The executor is broken from then on: every unfinished future fails with
     :class:`concurrent.futures.CancelledError` caused by this error, and
     ``submit`` and ``map`` raise it. ``shutdown`` still works.
+
+    It is also the exception of each work that was on a worker when
+    ``terminate_workers()`` or ``kill_workers()`` was called (the executor
+    is then shut down, not broken).
     """
 
 
 class WorkerDiedError(AplexWorkerError):
     """The worker a work was on died, and the executor, made with
-    ``on_worker_death="replace"``, replaced it and goes on.
+    ``on_worker_death="replace"``, replaced it and goes on; or the worker
+    was killed to cancel another work sent to it (``kill_on_cancel=True``).
 
     Set as the exception of each future whose work was on that worker (and
     only of those); other works, and works waiting in the executor, are not

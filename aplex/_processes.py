@@ -44,6 +44,7 @@ from ._exceptions import ProcessExit
 from ._interrupts import INTERRUPTED, interruptible
 from ._worker.messages import (
     ABORT,
+    KILL,
     RELOAD,
     RESTART,
     CancelItem,
@@ -267,39 +268,48 @@ class ProcessWorkers:
         return link
 
     def put(self, index: int, items: list[Any]) -> None:
-        if RESTART in items:
-            self._put_restarting(index, items)
+        if RESTART in items or KILL in items:
+            self._put_marked(index, items)
         else:
             self._links[index].put(items)
 
-    def _put_restarting(self, index: int, items: list[Any]) -> None:
-        """Put items with RESTART markers among them: those before a marker
-        go to the worker it replaces (dead: they are dropped)."""
-        while RESTART in items:
-            cut = items.index(RESTART)
-            if cut:
-                self._links[index].put(items[:cut])
-            items = items[cut + 1 :]
-            with self._lock:
-                if self._no_restarts:
-                    return
-                self.blocked[index] = 0  # the dead worker may have died blocked
-                try:
-                    link = self._start(index)
-                except Exception as exc:
-                    # Reported as a death before readiness: the dispatcher
-                    # decides whether to try again.
-                    failed = True
-                    error: BaseException = exc
-                else:
-                    failed = False
-                    self._retired.append(self._links[index])
-                    self._links[index] = link
-            if failed:
-                self._on_exit(index, error)
+    def _put_marked(self, index: int, items: list[Any]) -> None:
+        """Put items with markers among them, in order: KILL kills the
+        current worker; RESTART starts a new one in place of the dead one
+        (the items before it went to the dead one: they are dropped)."""
+        batch: list[Any] = []
+        for item in items:
+            if item is not RESTART and item is not KILL:
+                batch.append(item)
+                continue
+            if batch:
+                self._links[index].put(batch)
+                batch = []
+            if item is KILL:
+                _kill(self._links[index].process)
+            elif not self._restart(index):
                 return
-        if items:
-            self._links[index].put(items)
+        if batch:
+            self._links[index].put(batch)
+
+    def _restart(self, index: int) -> bool:
+        """Start a new worker at ``index``; False if none may be started, or
+        if it failed to start (reported as a death before readiness: the
+        dispatcher decides whether to try again)."""
+        with self._lock:
+            if self._no_restarts:
+                return False
+            self.blocked[index] = 0  # the dead worker may have died blocked
+            try:
+                link = self._start(index)
+            except Exception as exc:
+                error: BaseException = exc
+            else:
+                self._retired.append(self._links[index])
+                self._links[index] = link
+                return True
+        self._on_exit(index, error)
+        return False
 
     def abort(self) -> None:
         # SIGKILL, not SIGTERM: a work may have replaced the SIGTERM handler,
@@ -322,6 +332,16 @@ class ProcessWorkers:
 
     def kill_remaining(self) -> None:
         self.abort()
+
+    def signal_all(self, *, kill: bool) -> None:
+        with self._lock:
+            self._no_restarts = True
+            links = list(self._links)
+        for link in links:
+            if kill:
+                _kill(link.process)
+            else:
+                _terminate(link.process)
 
     def join(self, timeout: float | None = None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -694,5 +714,12 @@ if hasattr(os, "register_at_fork"):  # not on Windows, which cannot fork
 def _kill(process: Any) -> None:
     try:
         process.kill()
+    except ValueError:
+        pass  # already reaped and closed by its reader
+
+
+def _terminate(process: Any) -> None:
+    try:
+        process.terminate()
     except ValueError:
         pass  # already reaped and closed by its reader

@@ -196,6 +196,10 @@ class ThreadWorkers:
         with self._exits:
             return current in self._running
 
+    def signal_all(self, *, kill: bool) -> None:
+        # Thread executors do not offer terminate_workers() or kill_workers().
+        raise NotImplementedError("a thread cannot be terminated or killed")
+
     def _leave(self, threads: Iterable[threading.Thread]) -> None:
         with self._exits:
             self._left.update(threads)

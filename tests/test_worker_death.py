@@ -392,3 +392,249 @@ def test_max_works_per_child_is_checked(executor_class, value, error, message):
 def test_max_works_per_child_is_for_process_workers_only(executor_class):
     with pytest.raises(ValueError, match="max_works_per_child applies to process workers only"):
         executor_class(pool_size=1, max_works_per_child=5)
+
+
+# -- terminate_workers() and kill_workers() -----------------------------------
+
+
+def _wait_for_file(path):
+    wait_until(path.exists, TIMEOUT)
+
+
+@pytest.mark.parametrize("worker_backend", ["asyncio", "trio"])
+@pytest.mark.parametrize("method", ["terminate_workers", "kill_workers"])
+@pytest.mark.parametrize("on_worker_death", ["break", "replace"])
+def test_signalling_the_workers_ends_every_work_and_shuts_down(
+    tmp_path, worker_backend, method, on_worker_death
+):
+    """As Python 3.14: the waiting works end cancelled, those on a worker
+    (a blocking plain function, a coroutine) fail with AplexWorkerError,
+    each future once; the executor is shut down, not broken, and no worker
+    is replaced; every process ends."""
+    started = tmp_path / "started"
+    executor = aplex.ProcessAsyncPoolExecutor(
+        pool_size=2,
+        max_works_per_worker=1,
+        load_balancer=Sticky,
+        worker_backend=worker_backend,
+        on_worker_death=on_worker_death,
+    )
+    try:
+        pids = [executor.submit(works.pid, load_balancing_meta=i).result(TIMEOUT) for i in (0, 1)]
+        plain = executor.submit(
+            works.plain_until_file, str(started), str(tmp_path / "never"), load_balancing_meta=0
+        )
+        coroutine = executor.submit(
+            works.async_wait_for_file, str(tmp_path / "never"), load_balancing_meta=1
+        )
+        waiting = executor.submit(works.pid, load_balancing_meta=0)
+        futures = [plain, coroutine, waiting]
+        endings = _count_endings(futures)
+        _wait_for_file(started)
+        getattr(executor, method)()
+        assert waiting.cancelled()
+        for future in (plain, coroutine):
+            error = future.exception(0)  # ended at once
+            assert type(error) is aplex.AplexWorkerError
+            assert method.split("_")[0].rstrip("e") in str(error)  # "terminat", "kill"
+        with pytest.raises(RuntimeError, match="after shutdown"):
+            executor.submit(works.pid)
+        getattr(executor, method)()  # again: harmless
+    finally:
+        executor.shutdown(wait=True)
+    assert endings == [1, 1, 1]
+    statistics = executor.statistics()
+    assert (statistics.cancelled, statistics.failed, statistics.replaced) == (1, 2, 0)
+    assert not [pid for pid in pids if alive(pid)]
+
+
+def test_kill_workers_after_terminate_workers_kills_what_ignored_sigterm(tmp_path):
+    started = tmp_path / "started"
+    executor = aplex.ProcessAsyncPoolExecutor(pool_size=1)
+    try:
+        future = executor.submit(
+            works.ignore_sigterm_until_file, str(started), str(tmp_path / "never")
+        )
+        _wait_for_file(started)
+        pid = int(started.read_text())
+        executor.terminate_workers()
+        assert isinstance(future.exception(0), aplex.AplexWorkerError)
+        assert alive(pid)  # SIGTERM ignored: only SIGKILL ends it
+        executor.kill_workers()
+    finally:
+        executor.shutdown(wait=True)  # would wait for ever on a worker still alive
+    assert not alive(pid)
+
+
+@pytest.mark.parametrize(
+    "executor_class", [aplex.ProcessAsyncPoolExecutor, trio_front_end.ProcessAsyncPoolExecutor]
+)
+def test_signalling_the_workers_of_a_shut_down_executor_is_harmless(executor_class):
+    with executor_class(pool_size=1) as executor:
+        executor.submit(works.pid)
+    executor.terminate_workers()
+    executor.kill_workers()
+    assert executor.statistics().failed == 0
+
+
+@pytest.mark.parametrize(
+    "executor_class", [aplex.ThreadAsyncPoolExecutor, trio_front_end.ThreadAsyncPoolExecutor]
+)
+def test_thread_executors_do_not_offer_signalling_their_workers(executor_class):
+    assert not hasattr(executor_class, "terminate_workers")
+    assert not hasattr(executor_class, "kill_workers")
+
+
+# -- kill_on_cancel ------------------------------------------------------------
+
+
+def _started_pid(path):
+    _wait_for_file(path)
+    return int(path.read_text())
+
+
+@pytest.mark.parametrize("worker_backend", ["asyncio", "trio"])
+@pytest.mark.parametrize("on_worker_death", ["break", "replace"])
+def test_cancelling_a_running_plain_function_kills_and_replaces_its_worker(
+    tmp_path, worker_backend, on_worker_death
+):
+    """cancel() returns True and the future ends cancelled; the coroutine
+    work beside it fails with WorkerDiedError; the work waiting in the
+    executor, and the other worker's, go on; a new process takes the index."""
+    started, never = tmp_path / "started", tmp_path / "never"
+    release = tmp_path / "release"
+    with aplex.ProcessAsyncPoolExecutor(
+        pool_size=2,
+        max_works_per_worker=2,
+        load_balancer=Sticky,
+        worker_backend=worker_backend,
+        on_worker_death=on_worker_death,
+        kill_on_cancel=True,
+    ) as executor:
+        beside = executor.submit(works.async_wait_for_file, str(never), load_balancing_meta=0)
+        runaway = executor.submit(
+            works.block_writing_pid, str(started), str(never), load_balancing_meta=0
+        )
+        other = [
+            executor.submit(works.async_wait_for_file, str(release), "other", load_balancing_meta=1)
+            for _ in range(2)
+        ]
+        # Every worker is full: it waits in the executor.
+        waiting = executor.submit(works.add, 1, y=2, load_balancing_meta=0)
+        futures = [beside, runaway, waiting, *other]
+        endings = _count_endings(futures)
+        pid = _started_pid(started)
+        assert executor.statistics().waiting == 1
+        assert runaway.cancel() is True
+        assert runaway.cancelled()
+        error = beside.exception(TIMEOUT)
+        assert isinstance(error, aplex.WorkerDiedError)
+        assert "kill_on_cancel" in str(error) and error.exitcode == -signal.SIGKILL
+        assert waiting.result(TIMEOUT) == 3
+        assert not alive(pid)
+        assert executor.submit(works.pid, load_balancing_meta=0).result(TIMEOUT) != pid
+        release.touch()
+        assert [future.result(TIMEOUT) for future in other] == ["other", "other"]
+        assert runaway.cancel() is True  # cancelled already: still True
+        statistics = executor.statistics()
+    assert endings == [1, 1, 1, 1, 1]
+    assert (statistics.cancelled, statistics.failed, statistics.replaced) == (1, 1, 1)
+
+
+@pytest.mark.parametrize("worker_backend", ["asyncio", "trio"])
+def test_asyncio_cancellation_and_timeouts_kill_a_running_plain_function(tmp_path, worker_backend):
+    """Cancelling the task awaiting run(), and asyncio.wait_for around it,
+    kill the worker running the plain function; the pool serves on."""
+    import asyncio
+
+    async def main(executor):
+        killed = []
+        for round_, how in enumerate(["cancel", "wait_for", "timeout"]):
+            started = tmp_path / f"started-{round_}"
+            call = executor.run(works.block_writing_pid, str(started), str(tmp_path / "never"))
+            if how == "cancel":
+                task = asyncio.ensure_future(call)
+                while not started.exists():  # noqa: ASYNC110 (the worker writes it)
+                    await asyncio.sleep(0.005)
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+            elif how == "wait_for":
+                with pytest.raises(asyncio.TimeoutError):
+                    await asyncio.wait_for(call, 0.5)
+            else:
+                if not hasattr(asyncio, "timeout"):  # Python 3.10
+                    call.close()
+                    continue
+                with pytest.raises(TimeoutError):
+                    async with asyncio.timeout(0.5):
+                        await call
+            killed.append(_started_pid(started))
+        return killed
+
+    with aplex.ProcessAsyncPoolExecutor(
+        pool_size=1, worker_backend=worker_backend, kill_on_cancel=True
+    ) as executor:
+        killed = asyncio.run(main(executor))
+        wait_until(lambda: not any(alive(pid) for pid in killed), TIMEOUT)
+        assert executor.submit(works.pid).result(TIMEOUT) not in killed
+        assert executor.statistics().replaced == len(killed)
+
+
+@pytest.mark.parametrize("worker_backend", ["asyncio", "trio"])
+def test_trio_cancellation_kills_a_running_plain_function(tmp_path, worker_backend):
+    import trio
+
+    async def main(executor):
+        killed = []
+        started = tmp_path / "started-0"
+        with trio.move_on_after(0.5) as scope:
+            await executor.run(works.block_writing_pid, str(started), str(tmp_path / "never"))
+        assert scope.cancelled_caught
+        killed.append(_started_pid(started))
+        started = tmp_path / "started-1"
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                executor.run, works.block_writing_pid, str(started), str(tmp_path / "never")
+            )
+            while not started.exists():  # noqa: ASYNC110 (the worker writes it)
+                await trio.sleep(0.005)
+            nursery.cancel_scope.cancel()
+        killed.append(_started_pid(started))
+        # A trio future's own cancel(), from trio code.
+        started = tmp_path / "started-2"
+        future = executor.submit(works.block_writing_pid, str(started), str(tmp_path / "never"))
+        killed.append(_started_pid(started))
+        assert future.cancel() is True
+        assert future.cancelled()
+        return killed
+
+    with trio_front_end.ProcessAsyncPoolExecutor(
+        pool_size=1, worker_backend=worker_backend, kill_on_cancel=True
+    ) as executor:
+        killed = trio.run(main, executor)
+        wait_until(lambda: not any(alive(pid) for pid in killed), TIMEOUT)
+        # Its pid gone, the last death may not be seen yet.
+        wait_until(lambda: executor.statistics().replaced == 3, TIMEOUT)
+
+
+def test_kill_on_cancel_leaves_coroutine_works_to_their_own_cancellation(tmp_path):
+    with aplex.ProcessAsyncPoolExecutor(pool_size=1, kill_on_cancel=True) as executor:
+        pid = executor.submit(works.pid).result(TIMEOUT)
+        future = executor.submit(works.async_wait_for_file, str(tmp_path / "never"))
+        assert future.cancel() is True
+        assert executor.submit(works.pid).result(TIMEOUT) == pid
+        assert executor.statistics().replaced == 0
+
+
+@pytest.mark.parametrize(
+    "executor_class", [aplex.ThreadAsyncPoolExecutor, trio_front_end.ThreadAsyncPoolExecutor]
+)
+def test_kill_on_cancel_is_for_process_workers_only(executor_class):
+    with pytest.raises(ValueError, match="kill_on_cancel applies to process workers only"):
+        executor_class(pool_size=1, kill_on_cancel=True)
+
+
+def test_kill_on_cancel_is_a_bool():
+    with pytest.raises(TypeError, match="kill_on_cancel must be True or False, got 1"):
+        aplex.ProcessAsyncPoolExecutor(pool_size=1, kill_on_cancel=1)

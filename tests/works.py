@@ -882,3 +882,21 @@ def die_once_in_initializer_after_file(path, gate, timeout=30, code=5):
     time (creating ``path``) and returns every time after."""
     _wait_for_file_sync(gate, timeout)
     die_once_in_initializer(path, code)
+
+
+def ignore_sigterm_until_file(started_path, release_path, timeout=30):
+    """A plain work that ignores SIGTERM, writes its pid to ``started_path``,
+    and blocks until ``release_path`` exists."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _write_file(started_path, str(os.getpid()))
+    _wait_for_file_sync(release_path, timeout)
+
+
+def block_writing_pid(started_path, release_path, timeout=30):
+    """A plain work that writes its pid to ``started_path`` and blocks its
+    worker's loop until ``release_path`` exists."""
+    _write_file(started_path, str(os.getpid()))
+    _wait_for_file_sync(release_path, timeout)
+    return os.getpid()

@@ -67,6 +67,18 @@ class RestartItem(NamedTuple):
 
 RESTART = RestartItem()
 
+
+class KillItem:
+    """Never sent to a worker: told to the parent's side of a process
+    worker, it kills the worker (SIGKILL) once the items before it have been
+    put (kill_on_cancel); the death is reported as any other. Not a tuple,
+    unlike the other items: it equals nothing but itself."""
+
+    __slots__ = ()
+
+
+KILL = KillItem()
+
 # ResultItem.status values.
 DONE = 0
 FAILED = 1

@@ -27,7 +27,7 @@ from typing_extensions import ParamSpec, TypeVar, Unpack
 
 from .._processes import ProcessKind
 from .._threads import ThreadKind
-from ..executor import AsyncPoolExecutor, MapOptions
+from ..executor import AsyncPoolExecutor, MapOptions, ProcessWorkersControl
 from ..futures import AsyncioFuture, ConcurrentFuture
 from ..load_balancers import LoadBalancer, RoundRobin
 from ._asyncio import AsyncioBackend
@@ -163,7 +163,9 @@ class _AsyncioExecutor(AsyncPoolExecutor, concurrent.futures.Executor, Generic[A
         and True is returned: the future ends cancelled at once, even if the
         work finished before the request reached the worker. A plain
         function already sent to a worker (running, or queued on its loop
-        behind another) cannot be cancelled: ``cancel()`` returns False.
+        behind another) cannot be cancelled: ``cancel()`` returns False;
+        unless the executor kills on cancel (``kill_on_cancel=True``): its
+        worker is killed and replaced, and ``cancel()`` returns True.
 
         Args:
             work: A callable: a coroutine function runs as a task on the
@@ -445,9 +447,12 @@ class ThreadAsyncPoolExecutor(_AsyncioExecutor[A]):
         max_works_per_child: Process executors only (a thread has no memory
             of its own to give back by exiting): anything but None raises
             ValueError.
+        kill_on_cancel: Process executors only (a thread cannot be
+            killed): True raises ValueError.
 
     Raises:
-        ValueError: A size below 1, ``max_works_per_child`` given,
+        ValueError: A size below 1, ``max_works_per_child`` or
+            ``kill_on_cancel`` given,
             ``future_loop`` without ``awaitable``, ``worker_loop_factory``
             with a worker backend that takes none, or an unknown backend
             name.
@@ -473,6 +478,7 @@ class ThreadAsyncPoolExecutor(_AsyncioExecutor[A]):
         initargs: Iterable[object] = (),
         on_worker_death: Literal["break", "replace"] = "break",
         max_works_per_child: None = None,
+        kill_on_cancel: Literal[False] = False,
     ) -> None: ...
 
     @overload
@@ -490,6 +496,7 @@ class ThreadAsyncPoolExecutor(_AsyncioExecutor[A]):
         initargs: Iterable[object] = (),
         on_worker_death: Literal["break", "replace"] = "break",
         max_works_per_child: None = None,
+        kill_on_cancel: Literal[False] = False,
     ) -> None: ...
 
     def __init__(
@@ -506,6 +513,7 @@ class ThreadAsyncPoolExecutor(_AsyncioExecutor[A]):
         initargs: Iterable[object] = (),
         on_worker_death: Literal["break", "replace"] = "break",
         max_works_per_child: None = None,
+        kill_on_cancel: Literal[False] = False,
     ) -> None:
         self._start_front_end(awaitable, future_loop)
         super().__init__(
@@ -519,10 +527,11 @@ class ThreadAsyncPoolExecutor(_AsyncioExecutor[A]):
             initargs=initargs,
             on_worker_death=on_worker_death,
             max_works_per_child=max_works_per_child,
+            kill_on_cancel=kill_on_cancel,
         )
 
 
-class ProcessAsyncPoolExecutor(_AsyncioExecutor[A]):
+class ProcessAsyncPoolExecutor(ProcessWorkersControl, _AsyncioExecutor[A]):
     """A pool of worker processes, each running an event loop with many works at once.
 
     Works, arguments and results are pickled: with the standard pickle when it
@@ -549,6 +558,15 @@ class ProcessAsyncPoolExecutor(_AsyncioExecutor[A]):
             None, the default, keeps each worker for the pool's life. A
             recycled worker is no death: nothing fails, whatever
             ``on_worker_death`` says (see ``statistics().recycled``).
+        kill_on_cancel: Cancelling a plain function sent to a worker
+            (``future.cancel()``, cancelling the task that awaits it or
+            ``run()``, ``asyncio.wait_for``, ``asyncio.timeout``, trio's
+            ``move_on_after``) kills that worker (SIGKILL) and starts
+            another in its place, whatever ``on_worker_death`` says:
+            ``cancel()`` returns True and the future ends cancelled. The
+            other works sent to that worker fail with
+            :class:`~aplex.WorkerDiedError`; works waiting in the executor go
+            on. Coroutine works are cancelled as ever, without killing.
         mp_context: A :mod:`multiprocessing` start method name or context.
             The default is ``"forkserver"`` where there is one, else
             ``"spawn"``: neither forks a parent that runs threads.
@@ -575,6 +593,7 @@ class ProcessAsyncPoolExecutor(_AsyncioExecutor[A]):
         initargs: Iterable[object] = (),
         on_worker_death: Literal["break", "replace"] = "break",
         max_works_per_child: int | None = None,
+        kill_on_cancel: bool = False,
         mp_context: str | multiprocessing.context.BaseContext | None = None,
     ) -> None: ...
 
@@ -593,6 +612,7 @@ class ProcessAsyncPoolExecutor(_AsyncioExecutor[A]):
         initargs: Iterable[object] = (),
         on_worker_death: Literal["break", "replace"] = "break",
         max_works_per_child: int | None = None,
+        kill_on_cancel: bool = False,
         mp_context: str | multiprocessing.context.BaseContext | None = None,
     ) -> None: ...
 
@@ -610,6 +630,7 @@ class ProcessAsyncPoolExecutor(_AsyncioExecutor[A]):
         initargs: Iterable[object] = (),
         on_worker_death: Literal["break", "replace"] = "break",
         max_works_per_child: int | None = None,
+        kill_on_cancel: bool = False,
         mp_context: str | multiprocessing.context.BaseContext | None = None,
     ) -> None:
         self._start_front_end(awaitable, future_loop)
@@ -624,6 +645,7 @@ class ProcessAsyncPoolExecutor(_AsyncioExecutor[A]):
             initargs=initargs,
             on_worker_death=on_worker_death,
             max_works_per_child=max_works_per_child,
+            kill_on_cancel=kill_on_cancel,
         )
 
 
