@@ -638,3 +638,61 @@ def test_kill_on_cancel_is_for_process_workers_only(executor_class):
 def test_kill_on_cancel_is_a_bool():
     with pytest.raises(TypeError, match="kill_on_cancel must be True or False, got 1"):
         aplex.ProcessAsyncPoolExecutor(pool_size=1, kill_on_cancel=1)
+
+
+def test_a_map_timeout_kills_the_workers_running_its_chunks(tmp_path):
+    with aplex.ProcessAsyncPoolExecutor(pool_size=2, kill_on_cancel=True) as executor:
+        started = [tmp_path / f"started-{index}" for index in range(2)]
+        never = [str(tmp_path / "never")] * 2
+        with pytest.raises(TimeoutError):
+            list(executor.map(works.block_writing_pid, map(str, started), never, timeout=1))
+        killed = [_started_pid(path) for path in started]
+        wait_until(lambda: executor.statistics().replaced == 2, TIMEOUT)
+        assert not any(alive(pid) for pid in killed)
+        assert executor.submit(works.pid).result(TIMEOUT) not in killed
+
+
+def test_killing_a_retiring_worker_replaces_it_once(tmp_path):
+    """A worker sent its last work, killed to cancel one: one replacement,
+    counted as such (not recycled), and the new worker's count starts anew."""
+    started = tmp_path / "started"
+    with aplex.ProcessAsyncPoolExecutor(
+        pool_size=1, max_works_per_child=2, kill_on_cancel=True
+    ) as executor:
+        runaway = executor.submit(works.block_writing_pid, str(started), str(tmp_path / "never"))
+        beside = executor.submit(works.async_wait_for_file, str(tmp_path / "never"))
+        waiting = executor.submit(works.pid)
+        pid = _started_pid(started)
+        assert runaway.cancel()
+        assert isinstance(beside.exception(TIMEOUT), aplex.WorkerDiedError)
+        first = waiting.result(TIMEOUT)
+        assert first != pid
+        assert executor.submit(works.pid).result(TIMEOUT) == first  # its second work
+        wait_until(lambda: executor.statistics().recycled == 1, TIMEOUT)
+        statistics = executor.statistics()
+        assert (statistics.replaced, statistics.cancelled, statistics.failed) == (1, 1, 1)
+
+
+def test_kills_before_the_initializer_returns_requeue_and_never_break(tmp_path):
+    """Works sent to a worker still in its initializer have not started:
+    killing it to cancel one puts the others back in line, and kills are no
+    deaths starting, so two in a row do not break the pool."""
+    gate = tmp_path / "gate"
+    with aplex.ProcessAsyncPoolExecutor(
+        pool_size=1,
+        kill_on_cancel=True,
+        initializer=works.wait_for_file_initializer,
+        initargs=(str(gate),),
+    ) as executor:
+        survivors = []
+        for round_ in range(2):
+            # Sent to the worker, beside the survivors of earlier rounds.
+            cancelled = executor.submit(works.add, round_)
+            survivors.append(executor.submit(works.add, round_, y=10))
+            assert executor.statistics().running == 2 + round_
+            assert cancelled.cancel() is True
+            wait_until(lambda r=round_: executor.statistics().replaced == r + 1, TIMEOUT)
+        gate.touch()
+        assert [future.result(TIMEOUT) for future in survivors] == [10, 11]
+        statistics = executor.statistics()
+    assert (statistics.replaced, statistics.failed, statistics.cancelled) == (2, 0, 2)

@@ -900,3 +900,8 @@ def block_writing_pid(started_path, release_path, timeout=30):
     _write_file(started_path, str(os.getpid()))
     _wait_for_file_sync(release_path, timeout)
     return os.getpid()
+
+
+def wait_for_file_initializer(path, timeout=30):
+    """An initializer that returns once ``path`` exists."""
+    _wait_for_file_sync(path, timeout)
