@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from ._version import __version__
 
 if TYPE_CHECKING:
-    from ._exceptions import AplexWorkerError, RemoteError
+    from ._exceptions import AplexWorkerError, RemoteError, WorkerDiedError
     from .backends.asyncio import (
         ProcessAsyncPoolExecutor,
         RayAsyncPoolExecutor,
@@ -48,6 +48,7 @@ __all__ = [
     "RayAsyncPoolExecutor",
     "RemoteError",
     "ThreadAsyncPoolExecutor",
+    "WorkerDiedError",
     "__version__",
     "as_completed",
 ]
@@ -56,6 +57,7 @@ __all__ = [
 _exports = {
     "AplexWorkerError": "._exceptions",
     "RemoteError": "._exceptions",
+    "WorkerDiedError": "._exceptions",
     "ProcessAsyncPoolExecutor": ".backends.asyncio",
     "RayAsyncPoolExecutor": ".backends.asyncio",
     "ThreadAsyncPoolExecutor": ".backends.asyncio",

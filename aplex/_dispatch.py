@@ -42,17 +42,20 @@ from functools import partial
 from types import CodeType, MappingProxyType
 from typing import Any, Protocol
 
-from ._exceptions import AplexWorkerError, describe
+from ._exceptions import AplexWorkerError, ProcessExit, WorkerDiedError, describe
 from ._interrupts import deferred, keep
 from ._lifecycle import STOP_GRACE, track
 from ._worker.messages import (
     CANCELLED,
     DONE,
     FAILED,
+    KILL,
     RELOAD,
+    RESTART,
     STOP,
     CancelItem,
     LoadFailure,
+    Ready,
     TasksStarted,
     WorkerFailure,
     WorkItem,
@@ -91,6 +94,11 @@ class PoolStatistics:
         completed: Works that returned, so far.
         failed: Works that raised, or that could not be sent or balanced.
         cancelled: Works cancelled, including those a broken pool ended.
+        replaced: Workers that died and were replaced (with
+            ``on_worker_death="replace"``, or killed by ``kill_on_cancel``).
+        recycled: Workers that took their ``max_works_per_child`` works,
+            exited once these had ended, and were replaced: not deaths, and
+            not counted in ``replaced``.
     """
 
     workers: tuple[WorkerStatistics, ...]
@@ -98,6 +106,8 @@ class PoolStatistics:
     completed: int
     failed: int
     cancelled: int
+    replaced: int = 0
+    recycled: int = 0
 
     @property
     def running(self) -> int:
@@ -134,6 +144,10 @@ class WorkerPool(Protocol):
     def runs_current_thread(self) -> bool:
         """Whether the caller runs on one of the pool's own threads."""
 
+    def signal_all(self, *, kill: bool) -> None:
+        """Terminate (SIGTERM) or kill (SIGKILL) every worker process now,
+        and start none from now on. Process workers only."""
+
 
 class _NoWorkers:
     """The pool of a Dispatcher whose workers are still starting, or of a
@@ -160,6 +174,9 @@ class _NoWorkers:
 
     def runs_current_thread(self) -> bool:
         return False
+
+    def signal_all(self, *, kill: bool) -> None:
+        pass
 
 
 OnResults = Callable[[int, list[Any]], None]
@@ -265,8 +282,24 @@ class Dispatcher:
         load_balancer: type[LoadBalancer],
         max_works_per_worker: int | None,
         start_workers: StartWorkers,
+        on_worker_death: str = "break",
+        max_works_per_child: int | None = None,
+        kill_on_cancel: bool = False,
     ):
         self._lock = threading.Lock()
+        # With kill_on_cancel: the workers killed to cancel a plain function
+        # they run, until their death is seen. Each is replaced, whatever
+        # on_worker_death says, and takes no work meanwhile.
+        self._kill_on_cancel = kill_on_cancel
+        self._killing: set[int] = set()
+        # With on_worker_death="replace": whether each worker has reported
+        # its initializer done, how many times in a row it died before
+        # that, and what it reported just before dying.
+        self._replace = on_worker_death == "replace"
+        self._ready = [False] * len(worker_names)
+        self._deaths_starting = [0] * len(worker_names)
+        self._last_words: dict[int, BaseException] = {}
+        self._replaced = 0
         self._ids = itertools.count()
         self._waiting: deque[_Work] = deque()
         self._waiting_cancelled = 0  # cancelled works still in _waiting, skipped when reached
@@ -283,6 +316,20 @@ class Dispatcher:
         self._owner_pid = os.getpid()  # a forked child's copy belongs to this process
         self._forgotten = False
         self._broken: AplexWorkerError | None = None
+        # With max_works_per_child: the works sent to each index's current
+        # worker, and the works still running on each worker being
+        # recycled. A worker sent its last work is held at the limit, full
+        # to the balancer and to _has_free_worker() until its replacement
+        # starts: it never takes more than it may. A worker never runs more
+        # at once than it is ever sent, so the child's cap bounds the limit.
+        self._per_child = max_works_per_child
+        self._sent = [0] * len(worker_names)
+        self._retiring: dict[int, int] = {}
+        self._recycled = 0
+        if max_works_per_child is not None and (
+            max_works_per_worker is None or max_works_per_child < max_works_per_worker
+        ):
+            max_works_per_worker = max_works_per_child
         self._limit = max_works_per_worker
         self._full_workers = 0  # how many are at the limit: kept, not counted per work
         self.workers = tuple(Worker(index, name) for index, name in enumerate(worker_names))
@@ -359,6 +406,14 @@ class Dispatcher:
                     # The work's slot stays taken until its worker answers.
                     assert work.worker is not None
                     self._send_later(work.worker.index, CancelItem(work.work_id))
+                elif self._kill_on_cancel:
+                    # A plain function cannot be interrupted: its process
+                    # is killed. Its result, should it come first, is dropped.
+                    assert work.worker is not None
+                    index = work.worker.index
+                    if index not in self._killing:
+                        self._killing.add(index)
+                        self._send_later(index, KILL)
                 else:
                     return False
                 work.cancelled = True
@@ -492,6 +547,47 @@ class Dispatcher:
         if wait:
             self.wait_stopped(time.monotonic() + STOP_GRACE)
 
+    def signal_workers(self, *, kill: bool) -> None:
+        """Shut down, and terminate (SIGTERM) or kill (SIGKILL) every worker
+        process at once, as Python 3.14's ``terminate_workers()`` and
+        ``kill_workers()``: the waiting works end cancelled, the works sent to
+        a worker fail with :class:`AplexWorkerError`, and no worker is
+        started again. On an executor shut down or broken already, the
+        workers still running are signalled all the same."""
+        how = "killed by kill_workers()" if kill else "terminated by terminate_workers()"
+        with deferred:
+            with self._lock:
+                self._shutdown = True
+                if not self._stopped_now and self._broken is None:
+                    # Their exits are nobody's news now: nothing fails twice.
+                    self._stopped_now = True
+                    for work in self._waiting:
+                        if work.state != _ENDED:  # else cancelled while waiting
+                            work.cancelled = True
+                            self._cancelled += 1
+                            self._to_settle.append((work.end(), CANCELLED, None))
+                    for work in self._running.values():
+                        if work.cancelled:
+                            work.end()  # counted, and settled, when cancelled
+                            continue
+                        assert work.worker is not None
+                        self._failed += 1
+                        error = AplexWorkerError(f"worker {work.worker.name} was {how}")
+                        self._to_settle.append((work.end(), FAILED, error))
+                    self._waiting.clear()
+                    self._waiting_cancelled = 0
+                    self._running.clear()
+                    for worker in self._workloads:
+                        self._workloads[worker] = 0
+                    self._full_workers = 0
+                    self._retiring.clear()
+                    self._killing.clear()
+                    self._outbox.clear()
+                    self._stop_sent = True
+                effects = self._leave()
+            self._after(effects)
+            self._pool.signal_all(kill=kill)
+
     def wait_stopped(self, deadline: float) -> None:
         """After :meth:`stop_now`: wait until ``deadline`` for the workers to
         exit, then kill those still running (processes) or leave them
@@ -536,13 +632,20 @@ class Dispatcher:
         with self._lock:
             return PoolStatistics(
                 workers=tuple(
-                    WorkerStatistics(worker.index, worker.name, load, bool(blocked[worker.index]))
+                    WorkerStatistics(
+                        worker.index,
+                        worker.name,
+                        self._retiring.get(worker.index, load),
+                        bool(blocked[worker.index]),
+                    )
                     for worker, load in self._workloads.items()
                 ),
                 waiting=len(self._waiting) - self._waiting_cancelled,
                 completed=self._completed,
                 failed=self._failed,
                 cancelled=self._cancelled,
+                replaced=self._replaced,
+                recycled=self._recycled,
             )
 
     # -- workers ---------------------------------------------------------
@@ -555,7 +658,14 @@ class Dispatcher:
                 kind = type(result)
                 if kind is not tuple:  # the hot path sends plain tuples
                     if kind is WorkerFailure:
-                        self._break_by(result)
+                        if self._replace and result.where == "work":
+                            self._last_words[index] = result.error  # its on_exit follows
+                        else:
+                            self._break_by(result)
+                        continue
+                    if kind is Ready:
+                        self._ready[index] = True
+                        self._deaths_starting[index] = 0
                         continue
                     if kind is TasksStarted:
                         self._tasks_started(result.work_ids)
@@ -575,9 +685,15 @@ class Dispatcher:
                     value = _load_error(value, work.fn)  # before end() lets go of fn
                 assert work.worker is not None
                 load = self._workloads[work.worker]
-                if load == self._limit:
-                    self._full_workers -= 1
-                self._workloads[work.worker] = load - 1
+                if load != self._limit:
+                    self._workloads[work.worker] = load - 1
+                else:
+                    left = self._retiring.get(work.worker.index)
+                    if left is None:
+                        self._full_workers -= 1
+                        self._workloads[work.worker] = load - 1
+                    else:  # held full until its replacement starts
+                        self._retiring[work.worker.index] = left - 1
                 future = work.end()
                 if work.cancelled:
                     continue  # counted, and settled, when cancelled
@@ -607,15 +723,113 @@ class Dispatcher:
                 work.worker is not None and work.worker.index == index
                 for work in self._running.values()
             )
-            if error is not None or not self._stop_sent or on_this_worker:
-                name = self.workers[index].name
-                broken = AplexWorkerError(f"worker {name} exited unexpectedly")
-                broken.__cause__ = error
-                self._break(broken)
+            killed = index in self._killing
+            self._killing.discard(index)
+            if error is None and index in self._retiring and not on_this_worker:
+                self._recycle(index)
+            elif killed or error is not None or not self._stop_sent or on_this_worker:
+                if (self._replace or killed) and self._broken is None:
+                    self._worker_died(index, error, killed=killed)
+                else:
+                    name = self.workers[index].name
+                    broken = AplexWorkerError(f"worker {name} exited unexpectedly")
+                    broken.__cause__ = error
+                    self._break(broken)
             effects = self._leave()
         self._after(effects)
 
     # -- under the lock --------------------------------------------------
+
+    def _retire(self, worker: Worker) -> None:
+        """Worker ``worker`` has been sent its last work: hold it full, and
+        tell it alone to stop once its works have ended."""
+        load = self._workloads[worker]
+        self._retiring[worker.index] = load
+        assert self._limit is not None  # the child's cap bounds it
+        if load != self._limit:
+            self._workloads[worker] = self._limit
+            self._full_workers += 1
+        self._send_later(worker.index, STOP)
+
+    def _recycle(self, index: int) -> None:
+        """Retired worker ``index`` has exited cleanly: start another in
+        its place."""
+        del self._retiring[index]
+        self._workloads[self.workers[index]] = 0
+        self._full_workers -= 1
+        self._sent[index] = 0
+        self._ready[index] = False
+        self._recycled += 1
+        if self._stop_sent:
+            return  # shutting down, nothing waits: no worker needed there
+        self._send_later(index, RESTART)
+        self._dispatch_waiting()
+
+    def _worker_died(
+        self, index: int, error: BaseException | None, *, killed: bool = False
+    ) -> None:
+        """Fail the works on dead worker ``index`` and start another in its
+        place, unless it died starting twice in a row (a worker ``killed``
+        to cancel a work did not die of its own)."""
+        worker = self.workers[index]
+        cause = self._last_words.pop(index, None) or error
+        exitcode = error.exitcode if isinstance(error, ProcessExit) else None
+        if killed:
+            how = "it was killed to cancel a plain function sent to it (kill_on_cancel)"
+        elif isinstance(error, ProcessExit):
+            how = str(error)
+        elif cause is not None and cause is not error:
+            how = f"{type(cause).__name__} escaped a work and ended it"
+        elif error is not None:
+            how = f"it failed: {error!r}"
+        else:
+            how = "it exited unexpectedly"
+        if not self._ready[index] and not killed:
+            self._deaths_starting[index] += 1
+            if self._deaths_starting[index] >= 2:
+                broken = AplexWorkerError(
+                    f"worker {worker.name} died twice in a row before its initializer "
+                    f"returned (last time: {how})"
+                )
+                broken.__cause__ = cause
+                self._break(broken)
+                return
+        started = self._ready[index]
+        self._ready[index] = False
+        died = WorkerDiedError(f"worker {worker.name} died: {how}", worker.name, exitcode)
+        died.__cause__ = cause
+        lost = [work for work in self._running.values() if work.worker is worker]
+        requeued = []
+        for work in lost:
+            del self._running[work.work_id]
+            if work.cancelled:
+                work.end()  # counted, and settled, when cancelled
+            elif not started:
+                # A worker runs nothing before its initializer returns: these
+                # never started, and wait again, first in the line.
+                work.state = _WAITING
+                requeued.append(work)
+            else:
+                self._failed += 1
+                self._to_settle.append((work.end(), FAILED, died))
+        if self._workloads[worker] == self._limit:
+            self._full_workers -= 1
+        self._workloads[worker] = 0
+        self._retiring.pop(index, None)
+        self._sent[index] = 0
+        if self._stop_sent:
+            # Nothing more comes, and the other workers have been told to
+            # stop: there is no worker left to run them.
+            for work in requeued:
+                self._failed += 1
+                self._to_settle.append((work.end(), FAILED, died))
+            return
+        self._waiting.extendleft(reversed(requeued))
+        # The items decided for the dead worker go before the marker (to be
+        # dropped), the new worker's after it, in the order decided.
+        self._send_later(index, RESTART)
+        self._replaced += 1
+        self._dispatch_waiting()
 
     def _check_open(self) -> None:
         if self._broken is not None:
@@ -634,7 +848,9 @@ class Dispatcher:
 
     def _place(self, work: _Work) -> bool:
         """Send ``work`` to the worker the balancer picks; False if every
-        worker is full. A balancer fault fails the work (and returns True)."""
+        worker is full, or if the balancer picked a worker being recycled
+        (the work then waits for its replacement). A balancer fault fails the
+        work (and returns True)."""
         if not self._has_free_worker():
             return False
         try:
@@ -656,7 +872,11 @@ class Dispatcher:
                     f"returned {describe(worker)}, which is not a worker of this pool"
                 ),
             )
+        if self._killing and worker.index in self._killing:
+            return False  # it waits for the worker's replacement
         if self._limit is not None and load >= self._limit:
+            if worker.index in self._retiring:
+                return False  # it waits for the worker's replacement
             return self._reject(
                 work,
                 self._balancer_fault(
@@ -667,12 +887,18 @@ class Dispatcher:
         self._workloads[worker] = load + 1
         if load + 1 == self._limit:
             self._full_workers += 1
+        first_placed = work.worker is None  # else placed again after its worker died starting
         work.worker = worker
         work.state = _RUNNING
         self._running[work.work_id] = work
         assert work.future is not None  # it is placed before it ends
-        work.future.set_running_or_notify_cancel()
+        if first_placed:
+            work.future.set_running_or_notify_cancel()
         self._send_later(worker.index, work)
+        if self._per_child is not None:
+            self._sent[worker.index] += 1
+            if self._sent[worker.index] == self._per_child:
+                self._retire(worker)
         return True
 
     def _send_later(self, index: int, item: Any) -> None:
@@ -699,7 +925,10 @@ class Dispatcher:
                 waiting.popleft()
                 self._waiting_cancelled -= 1
             elif self._has_free_worker():
-                self._place(waiting.popleft())
+                work = waiting.popleft()
+                if not self._place(work):
+                    waiting.appendleft(work)
+                    return
             else:
                 return
         if self._shutdown and not self._stop_sent and self._broken is None:
@@ -744,6 +973,8 @@ class Dispatcher:
         for worker in self._workloads:
             self._workloads[worker] = 0
         self._full_workers = 0
+        self._retiring.clear()
+        self._killing.clear()
 
     def _leave(self) -> _Effects:
         """Take what this locked section leaves to do (see :meth:`_after`)."""

@@ -9,7 +9,14 @@ from __future__ import annotations
 import signal
 from concurrent.futures import BrokenExecutor
 
-__all__ = ["AplexWorkerError", "ProcessExit", "RemoteError", "RemoteTraceback", "describe"]
+__all__ = [
+    "AplexWorkerError",
+    "ProcessExit",
+    "RemoteError",
+    "RemoteTraceback",
+    "WorkerDiedError",
+    "describe",
+]
 
 
 class AplexWorkerError(BrokenExecutor):
@@ -23,7 +30,36 @@ class AplexWorkerError(BrokenExecutor):
     The executor is broken from then on: every unfinished future fails with
     :class:`concurrent.futures.CancelledError` caused by this error, and
     ``submit`` and ``map`` raise it. ``shutdown`` still works.
+
+    It is also the exception of each work that was on a worker when
+    ``terminate_workers()`` or ``kill_workers()`` was called (the executor
+    is then shut down, not broken).
     """
+
+
+class WorkerDiedError(AplexWorkerError):
+    """The worker a work was on died, and the executor, made with
+    ``on_worker_death="replace"``, replaced it and goes on; or the worker
+    was killed to cancel another work sent to it (``kill_on_cancel=True``).
+
+    Set as the exception of each future whose work was on that worker (and
+    only of those); other works, and works waiting in the executor, are not
+    affected. Its ``__cause__`` is what the worker reported just before it
+    died (a BaseException that escaped a work), or how its process ended.
+
+    Attributes:
+        worker: The dead worker's name, e.g. ``"ProcessWorker-1"``.
+        exitcode: Its process's exit code (negative: the signal that killed
+            it); None for a thread worker, or when unknown.
+    """
+
+    def __init__(self, message: str, worker: str = "", exitcode: int | None = None):
+        super().__init__(message)
+        self.worker = worker
+        self.exitcode = exitcode
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return type(self), (str(self), self.worker, self.exitcode)
 
 
 class RemoteError(Exception):

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import importlib
 import multiprocessing
+import multiprocessing.connection
 import multiprocessing.process
 import os
 import sys
@@ -44,8 +45,11 @@ from ._interrupts import INTERRUPTED, interruptible
 from ._worker.messages import (
     ABORT,
     BATCH_BYTES,
+    KILL,
     RELOAD,
+    RESTART,
     CancelItem,
+    Ready,
     ReloadRequest,
     StopItem,
     TasksStarted,
@@ -69,6 +73,8 @@ OnResults = Callable[[int, list[Any]], None]
 OnExit = Callable[[int, BaseException | None], None]
 
 
+_ENDS_NO_WORK = (TasksStarted, Ready)
+
 # The largest batch put() writes from the caller's thread; well below a
 # pipe's buffer, so that the write cannot block even if the worker were
 # slow to read. Larger batches go through the feeder thread.
@@ -81,6 +87,13 @@ _CONTROLS = (CancelItem, StopItem)
 # started, as a fork-start worker is forked from this very process.
 _parent_ends: weakref.WeakSet[Any] = weakref.WeakSet()
 _worker_processes: weakref.WeakSet[Any] = weakref.WeakSet()
+# Reaping a worker reads its exit code once from a pipe when the fork server
+# started it, and Process.start() first polls every child of this process:
+# two threads reading one exit code at once leave one of them with end of
+# file, which multiprocessing reports as exit code 255, and a clean exit
+# looks like a crash. Starting (a replacement, a recycled worker's
+# successor) and reaping take this lock; waiting for an exit does not.
+_children_lock = threading.Lock()
 # How long a constructor that failed waits for each worker it had started
 # to be reaped (they are killed first, so this is rarely more than a few ms).
 _START_FAILURE_WAIT = 5.0
@@ -176,52 +189,28 @@ class ProcessWorkers:
         on_exit: OnExit,
     ):
         # Pickled once, as works are: they may be lambdas or closures.
-        setup = dumps((backend, loop_factory, initializer))
-        sent_initargs = dumps_initargs(initargs)
+        self._setup = dumps((backend, loop_factory, initializer))
+        self._initargs = dumps_initargs(initargs)
+        self._context = context
+        self._names = names
+        self._on_results = on_results
+        self._on_exit = on_exit
         # Shared memory, handed to each worker at its start: each writes its
         # own byte while a plain function holds its loop.
-        flags = context.RawArray("B", len(names))
-        self.blocked = memoryview(flags).cast("B")
-        method = getattr(context, "get_start_method", lambda: None)()
-        if method == "fork":
+        self._flags = context.RawArray("B", len(names))
+        self.blocked = memoryview(self._flags).cast("B")
+        self._method = getattr(context, "get_start_method", lambda: None)()
+        if self._method == "fork":
             _import_before_fork(backend)
-        os_parent = _death_signal_parent(method)
+        # Guards the links against a restart racing abort() or stop_now(): a
+        # worker started after the pool was stopped would never be.
+        self._lock = threading.Lock()
+        self._no_restarts = False
+        self._retired: list[_ProcessLink] = []  # replaced links, joined by join()
         self._links: list[_ProcessLink] = []
         try:
-            for index, name in enumerate(names):
-                parent_end, child_end = context.Pipe(duplex=True)
-                _parent_ends.add(parent_end)
-                process = context.Process(
-                    target=run_process_worker,
-                    args=(child_end, setup, sent_initargs, flags, index, os_parent),
-                    name=f"aplex-{name}",
-                )
-                try:
-                    process.start()
-                except BaseException as exc:
-                    # A child started before the failure (Ctrl-C while it
-                    # starts) sees its pipe closed and exits on its own; one
-                    # whose pid is known is also killed and reaped here.
-                    parent_end.close()
-                    child_end.close()
-                    if process.pid is not None:
-                        process.kill()
-                        process.join(_START_FAILURE_WAIT)
-                    if (
-                        not isinstance(exc, Exception)
-                        or isinstance(sent_initargs, bytes)
-                        or isinstance(exc, OSError)
-                    ):
-                        raise
-                    raise TypeError(
-                        f"initargs cannot be passed to a worker process "
-                        f"({context.get_start_method()} start method): {exc}"
-                    ) from exc
-                _worker_processes.add(process)
-                child_end.close()
-                link = _ProcessLink(index, name, process, parent_end, on_results, on_exit)
-                self._links.append(link)
-                link.start()
+            for index in range(len(names)):
+                self._links.append(self._start(index))
         except BaseException:
             # Too many open files, a fork that failed, or Ctrl-C: the workers
             # already started must not outlive the constructor that failed.
@@ -229,17 +218,115 @@ class ProcessWorkers:
                 link.discard()
             raise
 
+    def _start(self, index: int) -> _ProcessLink:
+        context = self._context
+        name = self._names[index]
+        parent_end, child_end = context.Pipe(duplex=True)
+        _parent_ends.add(parent_end)
+        process = context.Process(
+            target=run_process_worker,
+            args=(
+                child_end,
+                self._setup,
+                self._initargs,
+                self._flags,
+                index,
+                # Asked for each start: a replacement may be started from
+                # another thread than the first workers.
+                _death_signal_parent(self._method),
+            ),
+            name=f"aplex-{name}",
+        )
+        try:
+            with _children_lock:
+                process.start()
+        except BaseException as exc:
+            # A child started before the failure (Ctrl-C while it starts)
+            # sees its pipe closed and exits on its own; one whose pid is
+            # known is also killed and reaped here.
+            parent_end.close()
+            child_end.close()
+            if process.pid is not None:
+                process.kill()
+                process.join(_START_FAILURE_WAIT)
+            if (
+                not isinstance(exc, Exception)
+                or isinstance(self._initargs, bytes)
+                or isinstance(exc, OSError)
+            ):
+                raise
+            raise TypeError(
+                f"initargs cannot be passed to a worker process "
+                f"({context.get_start_method()} start method): {exc}"
+            ) from exc
+        _worker_processes.add(process)
+        child_end.close()
+        link = _ProcessLink(index, name, process, parent_end, self._on_results, self._on_exit)
+        try:
+            link.start()
+        except BaseException:
+            link.discard()
+            raise
+        return link
+
     def put(self, index: int, items: list[Any]) -> None:
-        self._links[index].put(items)
+        if RESTART in items or KILL in items:
+            self._put_marked(index, items)
+        else:
+            self._links[index].put(items)
+
+    def _put_marked(self, index: int, items: list[Any]) -> None:
+        """Put items with markers among them, in order: KILL kills the
+        current worker; RESTART starts a new one in place of the dead one
+        (the items before it went to the dead one: they are dropped)."""
+        batch: list[Any] = []
+        for item in items:
+            if item is not RESTART and item is not KILL:
+                batch.append(item)
+                continue
+            if batch:
+                self._links[index].put(batch)
+                batch = []
+            if item is KILL:
+                _kill(self._links[index].process)
+            elif not self._restart(index):
+                return
+        if batch:
+            self._links[index].put(batch)
+
+    def _restart(self, index: int) -> bool:
+        """Start a new worker at ``index``; False if none may be started, or
+        if it failed to start (reported as a death before readiness: the
+        dispatcher decides whether to try again)."""
+        with self._lock:
+            if self._no_restarts:
+                return False
+            self.blocked[index] = 0  # the dead worker may have died blocked
+            try:
+                link = self._start(index)
+            except Exception as exc:
+                error: BaseException = exc
+            else:
+                self._retired.append(self._links[index])
+                self._links[index] = link
+                return True
+        self._on_exit(index, error)
+        return False
 
     def abort(self) -> None:
         # SIGKILL, not SIGTERM: a work may have replaced the SIGTERM handler,
         # and a broken pool owes its running works nothing.
-        for link in self._links:
+        with self._lock:
+            self._no_restarts = True
+            links = list(self._links)
+        for link in links:
             _kill(link.process)
 
     def stop_now(self, busy: Collection[int]) -> None:
-        for link in self._links:
+        with self._lock:
+            self._no_restarts = True
+            links = list(self._links)
+        for link in links:
             if link.index in busy:
                 _kill(link.process)  # its plain function would not let it answer
             else:
@@ -248,15 +335,36 @@ class ProcessWorkers:
     def kill_remaining(self) -> None:
         self.abort()
 
+    def signal_all(self, *, kill: bool) -> None:
+        with self._lock:
+            self._no_restarts = True
+            links = list(self._links)
+        for link in links:
+            if kill:
+                _kill(link.process)
+            else:
+                _terminate(link.process)
+
     def join(self, timeout: float | None = None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
-        for link in self._links:
-            if not link.join(None if deadline is None else max(0.0, deadline - time.monotonic())):
-                return False
-        return True
+        # A link may be replaced while its predecessor is joined: loop until
+        # every link known has been joined.
+        joined: set[int] = set()
+        while True:
+            with self._lock:
+                links = [link for link in (*self._retired, *self._links) if id(link) not in joined]
+            if not links:
+                return True
+            for link in links:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                if not link.join(left):
+                    return False
+                joined.add(id(link))
 
     def runs_current_thread(self) -> bool:
-        return any(link.runs_current_thread() for link in self._links)
+        with self._lock:
+            links = [*self._retired, *self._links]
+        return any(link.runs_current_thread() for link in links)
 
 
 class _ProcessLink:
@@ -321,7 +429,9 @@ class _ProcessLink:
             self._ready.notify()
         if self._feeder.is_alive():
             self._feeder.join(_START_FAILURE_WAIT)
-        self.process.join(_START_FAILURE_WAIT)
+        if multiprocessing.connection.wait([self.process.sentinel], _START_FAILURE_WAIT):
+            with _children_lock:
+                self.process.join()
         self._connection.close()
 
     def stop_now(self) -> None:
@@ -470,13 +580,15 @@ class _ProcessLink:
             # pool, as its works' results could never arrive.
             self._failure = self._failure or exc
             _kill(self.process)
-        self.process.join()
+        multiprocessing.connection.wait([self.process.sentinel])
+        with _children_lock:
+            self.process.join()
         with self._lock:
             self._closing = True
             self._ready.notify()
         self._feeder.join()
         self._connection.close()
-        exitcode = self.process.exitcode
+        exitcode = self.process.exitcode  # known since join(): no second read
         self.process.close()
         error = self._failure
         if error is None and exitcode != 0:
@@ -497,8 +609,8 @@ class _ProcessLink:
                 # they go alone.
                 self._alone.update(results.ids)
                 results = [(work_id, RELOAD, None) for work_id in results.ids]
-            # A worker's report of tasks started ends no work.
-            ended = len(results) - (type(results[-1]) is TasksStarted)
+            # A worker's report of tasks started, or of being ready, ends no work.
+            ended = len(results) - (type(results[-1]) in _ENDS_NO_WORK)
             with self._lock:
                 self._in_flight -= ended
             self._on_results(self.index, results)
@@ -568,6 +680,8 @@ def _forget_after_fork() -> None:
     child, and multiprocessing would fail to check on it
     (``ChildProcessError``).
     """
+    global _children_lock
+    _children_lock = threading.Lock()  # a thread of the parent may have held it
     for connection in list(_parent_ends):
         connection.close()
     _parent_ends.clear()
@@ -607,5 +721,12 @@ if hasattr(os, "register_at_fork"):  # not on Windows, which cannot fork
 def _kill(process: Any) -> None:
     try:
         process.kill()
+    except ValueError:
+        pass  # already reaped and closed by its reader
+
+
+def _terminate(process: Any) -> None:
+    try:
+        process.terminate()
     except ValueError:
         pass  # already reaped and closed by its reader

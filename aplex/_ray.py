@@ -290,6 +290,10 @@ class RayWorkers:
     def kill_remaining(self) -> None:
         self.abort()
 
+    def signal_all(self, *, kill: bool) -> None:
+        # Ray executors do not offer terminate_workers() or kill_workers().
+        raise NotImplementedError("a Ray actor is not a process of this machine to signal")
+
     def join(self, timeout: float | None = None) -> bool:
         if threading.current_thread() is not self._reader:
             self._reader.join(timeout)

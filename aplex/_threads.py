@@ -14,7 +14,7 @@ from functools import partial
 from typing import Any
 
 from ._worker.channel import ThreadChannel
-from ._worker.messages import ABORT
+from ._worker.messages import ABORT, RESTART
 from ._worker.serve import serve
 from .backends import Backend
 
@@ -78,30 +78,32 @@ class ThreadWorkers:
         on_exit: OnExit,
     ):
         self.blocked = memoryview(bytearray(len(names)))
-        self._channels = [
-            ThreadChannel(partial(on_results, index), self.blocked[index : index + 1])
-            for index in range(len(names))
-        ]
+        self._names = names
+        self._serve = partial(serve, initializer=initializer, initargs=initargs)
+        self._backend = backend
+        self._loop_factory = loop_factory
+        self._on_results = on_results
         self._on_exit = on_exit
-        # Workers not yet exited, and those no longer waited for; join()
-        # waits on this condition rather than on the threads, so that a
-        # thread left behind stops holding up a join already waiting on it.
+        # Threads not yet exited, those no longer waited for, and those
+        # exited; join() waits on this condition rather than on the threads,
+        # so that a thread left behind stops holding up a join already
+        # waiting on it.
         self._exits = threading.Condition(threading.Lock())
-        self._running = set(range(len(names)))
-        self._left: set[int] = set()
+        self._running: set[threading.Thread] = set()
+        self._left: set[threading.Thread] = set()
+        self._exited: list[threading.Thread] = []
         self._reporting = True
-        self._threads = [
-            threading.Thread(
-                target=self._run,
-                args=(index, channel, backend, loop_factory, initializer, initargs),
-                name=f"aplex-{name}",
-                daemon=True,
-            )
-            for index, (name, channel) in enumerate(zip(names, self._channels, strict=True))
-        ]
+        # Guards the workers against a restart racing abort() or stop_now():
+        # a worker started after the pool was stopped would never be.
+        self._lock = threading.Lock()
+        self._no_restarts = False
+        self._channels: list[ThreadChannel] = []
+        self._threads: list[threading.Thread] = []  # each index's current thread
         try:
-            for thread in self._threads:
-                thread.start()
+            for index in range(len(names)):
+                channel, thread = self._start(index)
+                self._channels.append(channel)
+                self._threads.append(thread)
         except BaseException:
             # Too many threads, or Ctrl-C: the threads already started must
             # not outlive the constructor that failed.
@@ -113,63 +115,110 @@ class ThreadWorkers:
                     thread.join(_START_FAILURE_WAIT)
             raise
 
+    def _start(self, index: int) -> tuple[ThreadChannel, threading.Thread]:
+        channel = ThreadChannel(partial(self._on_results, index), self.blocked[index : index + 1])
+        thread = threading.Thread(
+            target=self._run, args=(index, channel), name=f"aplex-{self._names[index]}", daemon=True
+        )
+        with self._exits:
+            self._running.add(thread)
+        try:
+            thread.start()
+        except BaseException:
+            channel.stop_now()  # if it started all the same, it ends at once
+            if not thread.is_alive():  # it never ran: nothing to wait for
+                with self._exits:
+                    self._running.discard(thread)
+                    self._exits.notify_all()
+            raise
+        return channel, thread
+
     def put(self, index: int, items: list[Any]) -> None:
+        while RESTART in items:
+            # Items before the marker went to the dead worker: dropped.
+            cut = items.index(RESTART)
+            self._channels[index].put(items[:cut])
+            items = items[cut + 1 :]
+            with self._lock:
+                if self._no_restarts:
+                    return
+                self.blocked[index] = 0
+                try:
+                    self._channels[index], self._threads[index] = self._start(index)
+                except Exception as exc:  # reported as a death before readiness
+                    error: BaseException | None = exc
+                else:
+                    error = None
+            if error is not None:
+                self._on_exit(index, error)
+                return
         self._channels[index].put(items)
 
     def abort(self) -> None:
         # A thread cannot be killed: its coroutine works are cancelled, and a
         # running plain function is left to return.
-        for channel in self._channels:
+        with self._lock:
+            self._no_restarts = True
+            channels = list(self._channels)
+        for channel in channels:
             channel.put([ABORT])
 
     def stop_now(self, busy: Collection[int]) -> None:
-        for channel in self._channels:
+        with self._lock:
+            self._no_restarts = True
+            channels = list(self._channels)
+            threads = [self._threads[index] for index in busy]
+        for channel in channels:
             channel.stop_now()
-        self._leave(busy)
+        self._leave(threads)
 
     def kill_remaining(self) -> None:
         # Threads cannot be killed: those still running are left behind.
-        self._leave(range(len(self._threads)))
+        with self._exits:
+            running = list(self._running)
+        self._leave(running)
 
     def join(self, timeout: float | None = None) -> bool:
         # A worker does not wait for itself: a cancelled block of a work's
         # own stops its pool from that worker's thread.
         current = threading.current_thread()
-        own = {index for index, thread in enumerate(self._threads) if thread is current}
         with self._exits:
-            if not self._exits.wait_for(lambda: self._running <= self._left | own, timeout):
+            if not self._exits.wait_for(lambda: self._running <= self._left | {current}, timeout):
                 return False
-            exited = set(range(len(self._threads))) - self._running
-        for index in exited:
-            self._threads[index].join()  # it has reported its exit: only returning is left
+            exited, self._exited = self._exited, []
+        for thread in exited:
+            if thread is not current:
+                thread.join()  # it has reported its exit: only returning is left
         return True
 
     def runs_current_thread(self) -> bool:
-        return threading.current_thread() in self._threads
-
-    def _leave(self, indexes: Iterable[int]) -> None:
+        current = threading.current_thread()
         with self._exits:
-            self._left.update(indexes)
+            return current in self._running
+
+    def signal_all(self, *, kill: bool) -> None:
+        # Thread executors do not offer terminate_workers() or kill_workers().
+        raise NotImplementedError("a thread cannot be terminated or killed")
+
+    def _leave(self, threads: Iterable[threading.Thread]) -> None:
+        with self._exits:
+            self._left.update(threads)
             self._exits.notify_all()
 
-    def _run(
-        self,
-        index: int,
-        channel: ThreadChannel,
-        backend: Backend,
-        loop_factory: Callable[[], Any] | None,
-        initializer: Callable[..., Any] | None,
-        initargs: tuple[Any, ...],
-    ) -> None:
+    def _exited_now(self, thread: threading.Thread) -> None:
+        with self._exits:
+            self._running.discard(thread)
+            self._exited.append(thread)
+            self._exits.notify_all()
+
+    def _run(self, index: int, channel: ThreadChannel) -> None:
         error: BaseException | None = None
         try:
-            backend.run(partial(serve, channel, initializer, initargs), loop_factory=loop_factory)
-        except BaseException as exc:  # reported to the dispatcher, which breaks the pool
+            self._backend.run(partial(self._serve, channel), loop_factory=self._loop_factory)
+        except BaseException as exc:  # reported to the dispatcher: it breaks or replaces
             error = exc
         finally:
             channel.close()
             if self._reporting:
                 self._on_exit(index, error)
-            with self._exits:
-                self._running.discard(index)
-                self._exits.notify_all()
+            self._exited_now(threading.current_thread())

@@ -65,6 +65,7 @@ from .load_balancers import LoadBalancer
 __all__ = [
     "AplexWorkerError",
     "AsyncPoolExecutor",
+    "ProcessWorkersControl",
     "PoolStatistics",
     "RemoteError",
     "WorkerStatistics",
@@ -114,12 +115,33 @@ class AsyncPoolExecutor:
             coroutine function is awaited on the worker's loop. If it raises,
             the executor is broken.
         initargs: The initializer's arguments.
+        on_worker_death: What a worker's death does (a killed process, a
+            BaseException escaping a work): ``"break"`` breaks the executor;
+            ``"replace"`` fails only the works that were on that worker,
+            with :class:`~aplex.WorkerDiedError`, and starts another worker
+            in its place. Either way an initializer that raises breaks it.
+        max_works_per_child: Process workers only: a worker that has been
+            sent this many works takes no more, exits once they have ended,
+            and a new worker takes its place (a ``map`` chunk counts as one
+            work); None, the default, keeps workers for the pool's life. Not
+            a death, whatever ``on_worker_death`` says.
+        kill_on_cancel: Process workers only: cancelling a plain function
+            sent to a worker (``future.cancel()``, cancelling the task that
+            awaits it or ``run()``, a timeout around them) kills that worker
+            (SIGKILL) and starts another in its place, whatever
+            ``on_worker_death`` says; ``cancel()`` returns True and the future
+            ends cancelled. The other works sent to that worker fail with
+            :class:`~aplex.WorkerDiedError`; works waiting in the executor
+            go on. Coroutine works are cancelled as ever, without killing.
 
     Raises:
         ValueError: A size below 1, ``worker_loop_factory`` with a worker
-            backend that takes none, or an unknown backend name.
-        TypeError: A load balancer that is not a ``LoadBalancer`` subclass, or
-            a factory or initializer that is not callable.
+            backend that takes none, an unknown backend name, or
+            ``max_works_per_child`` or ``kill_on_cancel`` for thread workers.
+        TypeError: A size that is not an int, a ``kill_on_cancel`` that is not
+            a bool, a load balancer that is not a
+            ``LoadBalancer`` subclass, or a factory or initializer that is not
+            callable.
     """
 
     def __init__(
@@ -133,6 +155,9 @@ class AsyncPoolExecutor:
         worker_backend: str,
         initializer: Callable[..., object] | None,
         initargs: Iterable[object],
+        on_worker_death: str = "break",
+        max_works_per_child: int | None = None,
+        kill_on_cancel: bool = False,
     ):
         if pool_size is None:
             pool_size = os.cpu_count() or 1
@@ -157,12 +182,32 @@ class AsyncPoolExecutor:
                 )
         if initializer is not None and not callable(initializer):
             raise TypeError(f"initializer must be callable, got {initializer!r}")
+        if on_worker_death not in ("break", "replace"):
+            raise ValueError(
+                f'on_worker_death must be "break" or "replace", got {on_worker_death!r}'
+            )
+        if max_works_per_child is not None:
+            _check_size("max_works_per_child", max_works_per_child)
+            if kind.in_process:
+                raise ValueError(
+                    "max_works_per_child applies to process workers only: a thread "
+                    "worker has no memory of its own to give back by exiting"
+                )
+        if not isinstance(kill_on_cancel, bool):
+            raise TypeError(f"kill_on_cancel must be True or False, got {kill_on_cancel!r}")
+        if kill_on_cancel and kind.in_process:
+            raise ValueError(
+                "kill_on_cancel applies to process workers only: a thread cannot be killed"
+            )
         pool_id = next_pool_id()
         names = [f"{kind.name}Worker-{index}" for index in range(pool_size)]
         self._dispatcher = Dispatcher(
             worker_names=names,
             load_balancer=load_balancer,
             max_works_per_worker=max_works_per_worker,
+            on_worker_death=on_worker_death,
+            max_works_per_child=max_works_per_child,
+            kill_on_cancel=kill_on_cancel,
             start_workers=partial(
                 kind.start,
                 [f"pool{pool_id}-{name}" for name in names],
@@ -255,7 +300,8 @@ class AsyncPoolExecutor:
 
         **Cancellation.** Cancelling the awaiting task cancels the work as
         ``future.cancel()`` does, and unwinds at once, even when the work is
-        a running plain function (which then runs to its end in its worker).
+        a running plain function (which then runs to its end in its worker,
+        or, with ``kill_on_cancel=True``, is killed with it).
 
         **Context.** On thread workers a plain function runs in a copy of the
         caller's :mod:`contextvars` context, as with
@@ -340,6 +386,40 @@ class AsyncPoolExecutor:
                 stacklevel=1,
             )
             shut_down_later(dispatcher)
+
+
+class ProcessWorkersControl:
+    """What only process executors offer: signalling their workers.
+
+    Thread executors do not offer it (a thread can be neither terminated nor
+    killed), nor do Ray executors.
+    """
+
+    _dispatcher: Dispatcher
+
+    def terminate_workers(self) -> None:
+        """Terminate every worker process at once (SIGTERM), as Python 3.14's
+        :meth:`concurrent.futures.ProcessPoolExecutor.terminate_workers`.
+
+        The executor ends shut down, as by ``shutdown(wait=False,
+        cancel_futures=True)``: ``submit`` raises RuntimeError from now on.
+        The works waiting in the executor end cancelled; every work sent to
+        a worker (running or not, coroutine or plain function) fails with
+        :class:`~aplex.AplexWorkerError` saying so, at once; no worker is
+        replaced, whatever ``on_worker_death`` says. A work that handles
+        SIGTERM may go on running: :meth:`kill_workers` then. It does not
+        wait: ``shutdown()`` (or leaving ``with``) waits for the processes
+        to end. On an executor already shut down it raises nothing, as in
+        3.14, and signals the workers still running (3.14 forgets its
+        workers at shutdown, and signals none).
+        """
+        self._dispatcher.signal_workers(kill=False)
+
+    def kill_workers(self) -> None:
+        """Kill every worker process at once (SIGKILL), as Python 3.14's
+        :meth:`concurrent.futures.ProcessPoolExecutor.kill_workers`; the
+        works end as for :meth:`terminate_workers`, and it may follow it."""
+        self._dispatcher.signal_workers(kill=True)
 
 
 def _check_work(work: Any) -> None:

@@ -10,7 +10,8 @@ the task and returns True, and the future ends cancelled even if the work
 finished before the request reached the worker (its result is dropped). A
 work still waiting in the executor is cancelled at once. A plain function
 that is running cannot be interrupted: ``cancel()`` returns False and the
-work runs to its end.
+work runs to its end; unless its process executor was made with
+``kill_on_cancel=True``, which kills and replaces its worker.
 """
 
 from __future__ import annotations

@@ -360,7 +360,7 @@ def test_a_fault_in_the_result_reader_breaks_the_pool_instead_of_hanging(monkeyp
     original = Dispatcher._on_results
 
     def faulty(self, index, results):
-        if any(result[2] == "poison" for result in results):
+        if any(len(result) == 3 and result[2] == "poison" for result in results):
             raise RuntimeError("a fault while routing results")
         original(self, index, results)
 

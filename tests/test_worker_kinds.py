@@ -21,8 +21,10 @@ from aplex._worker.messages import (
     CANCELLED,
     DONE,
     FAILED,
+    RESTART,
     STOP,
     CancelItem,
+    Ready,
     WorkerFailure,
     WorkItem,
 )
@@ -57,6 +59,9 @@ class Reports:
                 if type(result) is WorkerFailure:
                     self.failures.append(result)
                     self.order.append("failure")
+                    continue
+                if type(result) is Ready:
+                    self.order.append("ready")
                     continue
                 work_id, status, value = result  # type: ignore[misc]
                 assert work_id not in self.results, f"work {work_id} answered twice"
@@ -179,7 +184,7 @@ def test_stop_lets_running_works_end_before_the_worker_exits(start, tmp_path):
     pool.put(0, [WorkItem(1, works.async_wait_for_file, (str(release), "ended"), {}), STOP])
     release.write_text("")
     assert reports.wait_exit() is None
-    assert reports.order == ["result 1", "exit"]
+    assert reports.order == ["ready", "result 1", "exit"]
     assert reports.results[1] == (DONE, "ended")
 
 
@@ -211,6 +216,30 @@ def test_a_failing_initializer_is_reported_and_the_worker_exits(start):
     error = reports.failures[0].error
     assert isinstance(error, works.WorkError) and error.args == ("no setup",)
     assert 1 not in reports.results  # no work runs on a worker that could not start
+    assert "ready" not in reports.order
+
+
+def test_restart_starts_a_new_worker_at_the_same_index(start):
+    """RESTART (from the dispatcher, after a death): items before it went
+    to the dead worker and are dropped; a new worker starts, runs the
+    initializer, reports ready, and takes the items after it."""
+    pool, reports = start(initializer=works.async_initialize, initargs=("again",))
+    pool.put(0, [STOP])
+    assert reports.wait_exit() is None
+    del reports.exits[0]
+    pool.put(
+        0,
+        [
+            WorkItem(1, works.identity, (1,), {}),
+            RESTART,
+            WorkItem(2, works.initialized_value, (), {}),
+            STOP,
+        ],
+    )
+    assert reports.result(2) == (DONE, ("coroutine", "again"))
+    assert reports.wait_exit() is None
+    assert 1 not in reports.results
+    assert reports.order == ["ready", "exit", "ready", "result 2", "exit"]
 
 
 def test_a_base_exception_escaping_a_work_is_reported_and_the_worker_exits(start):

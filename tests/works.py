@@ -856,3 +856,58 @@ async def async_stop_async_iteration_at(x, stop_at):
     if x == stop_at:
         raise StopAsyncIteration("stopped")
     return x
+
+
+def exit_in_initializer(code=5):
+    """An initializer whose process dies before it returns."""
+    os._exit(code)
+
+
+def die_once_in_initializer(path, code=5):
+    """An initializer that dies the first time (creating ``path``), and
+    returns every time after."""
+    if not os.path.exists(path):
+        _touch(path)
+        os._exit(code)
+
+
+def pid_and_initialized(*args):
+    """Which process ran the work, and what its initializer left there
+    (see :func:`initialize`); takes any arguments, for ``map``."""
+    return os.getpid(), _initialized
+
+
+async def async_pid_until_file(path, timeout=30):
+    """A coroutine work that returns its process's pid once ``path`` exists."""
+    await _wait_for_file(path, timeout)
+    return os.getpid()
+
+
+def die_once_in_initializer_after_file(path, gate, timeout=30, code=5):
+    """An initializer that waits for ``gate`` to exist, then dies the first
+    time (creating ``path``) and returns every time after."""
+    _wait_for_file_sync(gate, timeout)
+    die_once_in_initializer(path, code)
+
+
+def ignore_sigterm_until_file(started_path, release_path, timeout=30):
+    """A plain work that ignores SIGTERM, writes its pid to ``started_path``,
+    and blocks until ``release_path`` exists."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _write_file(started_path, str(os.getpid()))
+    _wait_for_file_sync(release_path, timeout)
+
+
+def block_writing_pid(started_path, release_path, timeout=30):
+    """A plain work that writes its pid to ``started_path`` and blocks its
+    worker's loop until ``release_path`` exists."""
+    _write_file(started_path, str(os.getpid()))
+    _wait_for_file_sync(release_path, timeout)
+    return os.getpid()
+
+
+def wait_for_file_initializer(path, timeout=30):
+    """An initializer that returns once ``path`` exists."""
+    _wait_for_file_sync(path, timeout)

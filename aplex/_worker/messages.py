@@ -58,6 +58,28 @@ class StopItem(NamedTuple):
 STOP = StopItem()
 ABORT = StopItem(cancel=True)
 
+
+class RestartItem(NamedTuple):
+    """Never sent to a worker: told to the parent's side of a worker, it
+    starts a new worker in place of the dead one, and the items after it go
+    to the new one (those before it went to the dead one, and were lost)."""
+
+
+RESTART = RestartItem()
+
+
+class KillItem:
+    """Never sent to a worker: told to the parent's side of a process
+    worker, it kills the worker (SIGKILL) once the items before it have been
+    put (kill_on_cancel); the death is reported as any other. Not a tuple,
+    unlike the other items: it equals nothing but itself."""
+
+    __slots__ = ()
+
+
+KILL = KillItem()
+
+
 #: About how many bytes of payload one message carries. A message is read
 #: whole before any work in it runs, and pickled whole before it is sent:
 #: works with large arguments (or results) go in batches of about this
@@ -137,6 +159,16 @@ def is_coroutine_function(fn: Callable[..., Any]) -> bool:
     """
     code = getattr(fn, "__code__", None)
     return type(code) is CodeType and bool(code.co_flags & CO_COROUTINE)
+
+
+class Ready(NamedTuple):
+    """The worker's initializer has returned: it serves works from now on.
+    Sent once, alone in its batch. A worker that dies before sending it died
+    starting, which the parent does not answer by starting it again and
+    again."""
+
+
+READY = Ready()
 
 
 class WorkerFailure(NamedTuple):

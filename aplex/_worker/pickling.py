@@ -57,6 +57,7 @@ from .messages import (
     NOT_LOADED,
     CancelItem,
     LoadFailure,
+    Ready,
     ReloadRequest,
     ResultItem,
     StopItem,
@@ -339,7 +340,7 @@ def dumps_results(results: list[Any]) -> bytes:
 
 
 def _sendable(result: Any) -> Any:
-    if type(result) is TasksStarted:
+    if type(result) is TasksStarted or type(result) is Ready:
         return result
     if type(result) is WorkerFailure:
         return WorkerFailure(result.where, _ExceptionWithTraceback(result.error))  # type: ignore[arg-type]

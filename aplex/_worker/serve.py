@@ -44,6 +44,7 @@ from .messages import (
     CANCELLED,
     DONE,
     FAILED,
+    READY,
     CancelItem,
     StopItem,
     TasksStarted,
@@ -108,6 +109,7 @@ class _Worker:
             except BaseException as exc:  # any failure of the initializer breaks the pool
                 self._endpoint.send([WorkerFailure("initializer", exc)])
                 return
+        self._endpoint.send([READY])
         async with anyio.create_task_group() as task_group:
             # How a coroutine work becomes a task that can be cancelled
             # alone. On asyncio, the loop's own task: a third of the cost of

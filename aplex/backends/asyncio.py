@@ -27,7 +27,7 @@ from typing_extensions import ParamSpec, TypeVar, Unpack
 
 from .._processes import ProcessKind
 from .._threads import ThreadKind
-from ..executor import AsyncPoolExecutor, MapOptions
+from ..executor import AsyncPoolExecutor, MapOptions, ProcessWorkersControl
 from ..futures import AsyncioFuture, ConcurrentFuture
 from ..load_balancers import LoadBalancer, RoundRobin
 from ._asyncio import AsyncioBackend
@@ -163,7 +163,9 @@ class _AsyncioExecutor(AsyncPoolExecutor, concurrent.futures.Executor, Generic[A
         and True is returned: the future ends cancelled at once, even if the
         work finished before the request reached the worker. A plain
         function already sent to a worker (running, or queued on its loop
-        behind another) cannot be cancelled: ``cancel()`` returns False.
+        behind another) cannot be cancelled: ``cancel()`` returns False;
+        unless the executor kills on cancel (``kill_on_cancel=True``): its
+        worker is killed and replaced, and ``cancel()`` returns True.
 
         Args:
             work: A callable: a coroutine function runs as a task on the
@@ -438,11 +440,22 @@ class ThreadAsyncPoolExecutor(_AsyncioExecutor[A]):
             coroutine function is awaited on the worker's loop. If it raises,
             the executor is broken.
         initargs: The initializer's arguments.
+        on_worker_death: ``"break"`` (the default): a worker's death (a
+            BaseException escaping a work) breaks the executor.
+            ``"replace"``: only the works on that worker fail, with
+            :class:`~aplex.WorkerDiedError`, and a new worker takes its place.
+        max_works_per_child: Process executors only (a thread has no memory
+            of its own to give back by exiting): anything but None raises
+            ValueError.
+        kill_on_cancel: Process executors only (a thread cannot be
+            killed): True raises ValueError.
 
     Raises:
-        ValueError: A size below 1, ``future_loop`` without ``awaitable``,
-            ``worker_loop_factory`` with a worker backend that takes none, or
-            an unknown backend name.
+        ValueError: A size below 1, ``max_works_per_child`` or
+            ``kill_on_cancel`` given,
+            ``future_loop`` without ``awaitable``, ``worker_loop_factory``
+            with a worker backend that takes none, or an unknown backend
+            name.
         TypeError: A load balancer that is not a ``LoadBalancer`` subclass, a
             factory or initializer that is not callable, or a ``future_loop``
             that is not an asyncio loop.
@@ -463,6 +476,9 @@ class ThreadAsyncPoolExecutor(_AsyncioExecutor[A]):
         worker_backend: str = "asyncio",
         initializer: Callable[..., object] | None = None,
         initargs: Iterable[object] = (),
+        on_worker_death: Literal["break", "replace"] = "break",
+        max_works_per_child: None = None,
+        kill_on_cancel: Literal[False] = False,
     ) -> None: ...
 
     @overload
@@ -478,6 +494,9 @@ class ThreadAsyncPoolExecutor(_AsyncioExecutor[A]):
         worker_backend: str = "asyncio",
         initializer: Callable[..., object] | None = None,
         initargs: Iterable[object] = (),
+        on_worker_death: Literal["break", "replace"] = "break",
+        max_works_per_child: None = None,
+        kill_on_cancel: Literal[False] = False,
     ) -> None: ...
 
     def __init__(
@@ -492,6 +511,9 @@ class ThreadAsyncPoolExecutor(_AsyncioExecutor[A]):
         worker_backend: str = "asyncio",
         initializer: Callable[..., object] | None = None,
         initargs: Iterable[object] = (),
+        on_worker_death: Literal["break", "replace"] = "break",
+        max_works_per_child: None = None,
+        kill_on_cancel: Literal[False] = False,
     ) -> None:
         self._start_front_end(awaitable, future_loop)
         super().__init__(
@@ -503,10 +525,13 @@ class ThreadAsyncPoolExecutor(_AsyncioExecutor[A]):
             worker_backend=worker_backend,
             initializer=initializer,
             initargs=initargs,
+            on_worker_death=on_worker_death,
+            max_works_per_child=max_works_per_child,
+            kill_on_cancel=kill_on_cancel,
         )
 
 
-class ProcessAsyncPoolExecutor(_AsyncioExecutor[A]):
+class ProcessAsyncPoolExecutor(ProcessWorkersControl, _AsyncioExecutor[A]):
     """A pool of worker processes, each running an event loop with many works at once.
 
     Works, arguments and results are pickled: with the standard pickle when it
@@ -524,6 +549,24 @@ class ProcessAsyncPoolExecutor(_AsyncioExecutor[A]):
         worker_backend: As for :class:`ThreadAsyncPoolExecutor`.
         initializer: As for :class:`ThreadAsyncPoolExecutor`; pickled once.
         initargs: The initializer's arguments.
+        on_worker_death: As for :class:`ThreadAsyncPoolExecutor`; a process
+            also dies when it is killed or exits.
+        max_works_per_child: A worker that has been sent this many works
+            takes no more, exits once they have ended, and a new worker
+            (new process, initializer run again) takes its place: memory a
+            work leaked goes with it. A ``map`` chunk counts as one work.
+            None, the default, keeps each worker for the pool's life. A
+            recycled worker is no death: nothing fails, whatever
+            ``on_worker_death`` says (see ``statistics().recycled``).
+        kill_on_cancel: Cancelling a plain function sent to a worker
+            (``future.cancel()``, cancelling the task that awaits it or
+            ``run()``, ``asyncio.wait_for``, ``asyncio.timeout``, trio's
+            ``move_on_after``) kills that worker (SIGKILL) and starts
+            another in its place, whatever ``on_worker_death`` says:
+            ``cancel()`` returns True and the future ends cancelled. The
+            other works sent to that worker fail with
+            :class:`~aplex.WorkerDiedError`; works waiting in the executor go
+            on. Coroutine works are cancelled as ever, without killing.
         mp_context: A :mod:`multiprocessing` start method name or context.
             The default is ``"forkserver"`` where there is one, else
             ``"spawn"``: neither forks a parent that runs threads.
@@ -548,6 +591,9 @@ class ProcessAsyncPoolExecutor(_AsyncioExecutor[A]):
         worker_backend: str = "asyncio",
         initializer: Callable[..., object] | None = None,
         initargs: Iterable[object] = (),
+        on_worker_death: Literal["break", "replace"] = "break",
+        max_works_per_child: int | None = None,
+        kill_on_cancel: bool = False,
         mp_context: str | multiprocessing.context.BaseContext | None = None,
     ) -> None: ...
 
@@ -564,6 +610,9 @@ class ProcessAsyncPoolExecutor(_AsyncioExecutor[A]):
         worker_backend: str = "asyncio",
         initializer: Callable[..., object] | None = None,
         initargs: Iterable[object] = (),
+        on_worker_death: Literal["break", "replace"] = "break",
+        max_works_per_child: int | None = None,
+        kill_on_cancel: bool = False,
         mp_context: str | multiprocessing.context.BaseContext | None = None,
     ) -> None: ...
 
@@ -579,6 +628,9 @@ class ProcessAsyncPoolExecutor(_AsyncioExecutor[A]):
         worker_backend: str = "asyncio",
         initializer: Callable[..., object] | None = None,
         initargs: Iterable[object] = (),
+        on_worker_death: Literal["break", "replace"] = "break",
+        max_works_per_child: int | None = None,
+        kill_on_cancel: bool = False,
         mp_context: str | multiprocessing.context.BaseContext | None = None,
     ) -> None:
         self._start_front_end(awaitable, future_loop)
@@ -591,6 +643,9 @@ class ProcessAsyncPoolExecutor(_AsyncioExecutor[A]):
             worker_backend=worker_backend,
             initializer=initializer,
             initargs=initargs,
+            on_worker_death=on_worker_death,
+            max_works_per_child=max_works_per_child,
+            kill_on_cancel=kill_on_cancel,
         )
 
 

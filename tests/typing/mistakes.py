@@ -44,6 +44,10 @@ def constructors() -> None:
     ProcessAsyncPoolExecutor(initializer=42)  # E: arg-type|call-overload
     aplex_trio.ThreadAsyncPoolExecutor(awaitable=True)  # E: call-arg|arg-type|call-overload
     aplex_trio.ProcessAsyncPoolExecutor(future_loop=loop)  # E: call-arg|arg-type|call-overload
+    ProcessAsyncPoolExecutor(max_works_per_child=0.5)  # E: arg-type|call-overload
+    ThreadAsyncPoolExecutor(max_works_per_child=5)  # E: arg-type|call-overload
+    ThreadAsyncPoolExecutor(kill_on_cancel=True)  # E: arg-type|call-overload
+    ThreadAsyncPoolExecutor().terminate_workers()  # E: attr-defined
 
 
 def submit_and_map() -> None:

@@ -85,6 +85,15 @@ def constructors(loop: asyncio.AbstractEventLoop) -> None:
     aplex_trio.ProcessAsyncPoolExecutor(
         pool_size=None, load_balancer=RoundRobin, mp_context="spawn"
     ).shutdown()
+    crash_proof = ProcessAsyncPoolExecutor(
+        on_worker_death="replace", max_works_per_child=1000, kill_on_cancel=True
+    )
+    crash_proof.terminate_workers()
+    crash_proof.kill_workers()
+    aplex_trio.ProcessAsyncPoolExecutor(
+        max_works_per_child=None, kill_on_cancel=False
+    ).kill_workers()
+    assert_type(crash_proof.statistics().recycled, int)
 
 
 def sync_executor() -> None:
