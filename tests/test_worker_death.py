@@ -9,6 +9,7 @@ import os
 import signal
 import threading
 from concurrent.futures import CancelledError
+from concurrent.futures import TimeoutError as FuturesTimeoutError
 
 import pytest
 
@@ -644,7 +645,9 @@ def test_a_map_timeout_kills_the_workers_running_its_chunks(tmp_path):
     with aplex.ProcessAsyncPoolExecutor(pool_size=2, kill_on_cancel=True) as executor:
         started = [tmp_path / f"started-{index}" for index in range(2)]
         never = [str(tmp_path / "never")] * 2
-        with pytest.raises(TimeoutError):
+        # concurrent.futures' own TimeoutError: on Python 3.10 it is not yet
+        # the builtin one.
+        with pytest.raises(FuturesTimeoutError):
             list(executor.map(works.block_writing_pid, map(str, started), never, timeout=1))
         killed = [_started_pid(path) for path in started]
         wait_until(lambda: executor.statistics().replaced == 2, TIMEOUT)
