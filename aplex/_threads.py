@@ -88,7 +88,12 @@ class ThreadWorkers:
         # exited; join() waits on this condition rather than on the threads,
         # so that a thread left behind stops holding up a join already
         # waiting on it.
-        self._exits = threading.Condition(threading.Lock())
+        # Taken as the plain lock, never through the condition: Condition's
+        # __enter__ is Python code, and a Ctrl-C landing in it once the lock
+        # is held would leave the lock held for good (shutdown() takes it on
+        # the main thread, outside any deferred section).
+        self._exits_lock = threading.Lock()
+        self._exits = threading.Condition(self._exits_lock)
         self._running: set[threading.Thread] = set()
         self._left: set[threading.Thread] = set()
         self._exited: list[threading.Thread] = []
@@ -120,14 +125,14 @@ class ThreadWorkers:
         thread = threading.Thread(
             target=self._run, args=(index, channel), name=f"aplex-{self._names[index]}", daemon=True
         )
-        with self._exits:
+        with self._exits_lock:
             self._running.add(thread)
         try:
             thread.start()
         except BaseException:
             channel.stop_now()  # if it started all the same, it ends at once
             if not thread.is_alive():  # it never ran: nothing to wait for
-                with self._exits:
+                with self._exits_lock:
                     self._running.discard(thread)
                     self._exits.notify_all()
             raise
@@ -174,7 +179,7 @@ class ThreadWorkers:
 
     def kill_remaining(self) -> None:
         # Threads cannot be killed: those still running are left behind.
-        with self._exits:
+        with self._exits_lock:
             running = list(self._running)
         self._leave(running)
 
@@ -182,7 +187,7 @@ class ThreadWorkers:
         # A worker does not wait for itself: a cancelled block of a work's
         # own stops its pool from that worker's thread.
         current = threading.current_thread()
-        with self._exits:
+        with self._exits_lock:
             if not self._exits.wait_for(lambda: self._running <= self._left | {current}, timeout):
                 return False
             exited, self._exited = self._exited, []
@@ -193,7 +198,7 @@ class ThreadWorkers:
 
     def runs_current_thread(self) -> bool:
         current = threading.current_thread()
-        with self._exits:
+        with self._exits_lock:
             return current in self._running
 
     def signal_all(self, *, kill: bool) -> None:
@@ -201,12 +206,12 @@ class ThreadWorkers:
         raise NotImplementedError("a thread cannot be terminated or killed")
 
     def _leave(self, threads: Iterable[threading.Thread]) -> None:
-        with self._exits:
+        with self._exits_lock:
             self._left.update(threads)
             self._exits.notify_all()
 
     def _exited_now(self, thread: threading.Thread) -> None:
-        with self._exits:
+        with self._exits_lock:
             self._running.discard(thread)
             self._exited.append(thread)
             self._exits.notify_all()

@@ -415,7 +415,12 @@ class Completions(Generic[T]):
     """
 
     def __init__(self) -> None:
-        self._ready = threading.Condition(threading.Lock())
+        # Taken as the plain lock, never through the condition: Condition's
+        # __enter__ is Python code, and a Ctrl-C landing in it once the lock
+        # is held (next() waits on the main thread) would leave it held, and
+        # the pool thread that puts the next item waiting for ever.
+        self._lock = threading.Lock()
+        self._ready = threading.Condition(self._lock)
         self._done: deque[T] = deque()
         self._wake: Callable[[], object] | None = None
 
@@ -425,7 +430,7 @@ class Completions(Generic[T]):
 
     def _put(self, item: T, _: object = None) -> None:
         with deferred:
-            with self._ready:
+            with self._lock:
                 self._done.append(item)
                 self._ready.notify()
                 wake, self._wake = self._wake, None
@@ -438,7 +443,7 @@ class Completions(Generic[T]):
         Raises:
             TimeoutError: None came within ``timeout`` seconds.
         """
-        with self._ready:
+        with self._lock:
             if not self._ready.wait_for(lambda: self._done, timeout):
                 # concurrent.futures' own, as Future.result() raises: on
                 # Python 3.10 it is not yet the built-in TimeoutError.
@@ -449,7 +454,7 @@ class Completions(Generic[T]):
         """Wait for the next item without blocking the running loop."""
         call_soon = current_backend().threadsafe_caller()
         while True:
-            with self._ready:
+            with self._lock:
                 if self._done:
                     return self._done.popleft()
                 ended = anyio.Event()
