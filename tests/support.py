@@ -70,7 +70,7 @@ def alive(pid: int) -> bool:
             for line in status:
                 if line.startswith("State:"):
                     return line.split()[1] != "Z"
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone before, or while, it was read
         return False
     return True
 
