@@ -38,11 +38,15 @@ from typing import Any
 
 from ._dispatch import OnExit, OnResults
 from ._exceptions import RemoteTraceback
-from ._worker.pickling import dumps, dumps_works, loads
+from ._worker.messages import KILL, RESTART, CancelItem, StopItem
+from ._worker.pickling import dumps, dumps_controls, dumps_works, loads
 from ._worker.ray_actor import RayWorker
 from .backends import Backend
 
 INSTALL = 'pip install "aplex[ray]"'
+
+# What goes to an actor in a batch of its own, after the works.
+_CONTROLS = (CancelItem, StopItem)
 
 # Actor options aplex sets itself, and why a user's other value would break it.
 _ENFORCED = {
@@ -266,6 +270,13 @@ class RayWorkers:
     # -- the Dispatcher's side ---------------------------------------------
 
     def put(self, index: int, items: list[Any]) -> None:
+        if RESTART in items or KILL in items:
+            # The Ray executors offer none of the options that replace or
+            # kill one worker (on_worker_death, max_works_per_child,
+            # kill_on_cancel): a dead actor breaks the pool.
+            raise NotImplementedError(
+                "Ray actors are not replaced one by one: a dead actor breaks the pool"
+            )
         with self._lock:
             if self._exited[index] or self._aborting:
                 return  # the worker is gone: the dispatcher learns it from on_exit
@@ -318,11 +329,9 @@ class RayWorkers:
                 self._to_feed = []
             try:
                 for index, items in batches:
-                    data, failed = dumps_works(items, main=False)
-                    if failed:
-                        self._on_results(index, failed)
-                    self._actors[index].push.remote(sequences[index], data)
-                    sequences[index] += 1
+                    for data in self._pickle(index, items):
+                        self._actors[index].push.remote(sequences[index], data)
+                        sequences[index] += 1
             except BaseException as exc:
                 # Works that cannot be sent any more must not leave their
                 # callers waiting: the reader breaks the pool with this cause.
@@ -330,6 +339,23 @@ class RayWorkers:
                 break
         if not self._closing:
             self._kill_all()
+
+    def _pickle(self, index: int, items: list[Any]) -> list[bytes]:
+        """Works and control items in batches of their own, the works first
+        (see dumps_works_or_none): a control item is for a work sent before
+        it, or the last word (stop)."""
+        works = [item for item in items if not isinstance(item, _CONTROLS)]
+        controls = [item for item in items if isinstance(item, _CONTROLS)]
+        batches = []
+        if works:
+            data, failed = dumps_works(works, main=False)
+            if failed:
+                self._on_results(index, failed)
+            if data is not None:
+                batches.append(data)
+        if controls:
+            batches.append(dumps_controls(controls))
+        return batches
 
     def _kill_all(self) -> None:
         for actor in self._actors:

@@ -219,14 +219,19 @@ def test_a_failing_initializer_is_reported_and_the_worker_exits(start):
     assert "ready" not in reports.order
 
 
-def test_restart_starts_a_new_worker_at_the_same_index(start):
+def test_restart_starts_a_new_worker_at_the_same_index(start, request):
     """RESTART (from the dispatcher, after a death): items before it went
     to the dead worker and are dropped; a new worker starts, runs the
-    initializer, reports ready, and takes the items after it."""
+    initializer, reports ready, and takes the items after it. Ray's kind
+    refuses it: its executors offer no option that replaces a worker."""
     pool, reports = start(initializer=works.async_initialize, initargs=("again",))
     pool.put(0, [STOP])
     assert reports.wait_exit() is None
     del reports.exits[0]
+    if request.node.callspec.params["start"].startswith("ray"):
+        with pytest.raises(NotImplementedError, match="not replaced"):
+            pool.put(0, [WorkItem(1, works.identity, (1,), {}), RESTART])
+        return
     pool.put(
         0,
         [
