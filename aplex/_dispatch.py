@@ -574,14 +574,7 @@ class Dispatcher:
                         self._failed += 1
                         error = AplexWorkerError(f"worker {work.worker.name} was {how}")
                         self._to_settle.append((work.end(), FAILED, error))
-                    self._waiting.clear()
-                    self._waiting_cancelled = 0
-                    self._running.clear()
-                    for worker in self._workloads:
-                        self._workloads[worker] = 0
-                    self._full_workers = 0
-                    self._retiring.clear()
-                    self._killing.clear()
+                    self._forget_works()
                     self._outbox.clear()
                     self._stop_sent = True
                 effects = self._leave()
@@ -967,6 +960,11 @@ class Dispatcher:
             if not work.cancelled:
                 self._cancelled += 1
                 self._to_settle.append((future, status, value))
+        self._forget_works()
+
+    def _forget_works(self) -> None:
+        """Once every unfinished work has ended: no work waits or runs, and
+        every worker's count starts from nothing."""
         self._waiting.clear()
         self._waiting_cancelled = 0
         self._running.clear()
