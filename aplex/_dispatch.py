@@ -391,7 +391,7 @@ class Dispatcher:
         if work.state == _ENDED:
             return future.cancelled()
         # Outside the lock: inspecting a callable may run its own code.
-        is_coroutine = _is_coroutine_function(work.fn)
+        is_coroutine = is_coroutine_work(work.fn)
         with deferred:
             with self._lock:
                 if work.cancelled:
@@ -482,7 +482,7 @@ class Dispatcher:
     def _cancel_running(self, running: list[_Work]) -> None:
         """Cancel those of ``running`` that run as tasks (for shutdown)."""
         # Outside the lock: inspecting a callable may run its own code.
-        coroutines = {work.work_id for work in running if _is_coroutine_function(work.fn)}
+        coroutines = {work.work_id for work in running if is_coroutine_work(work.fn)}
         futures: list[ConcurrentFuture[Any]] = []
         with deferred:
             with self._lock:
@@ -541,7 +541,7 @@ class Dispatcher:
                 busy = {
                     index
                     for index, fn, state in running
-                    if state != _TASK and not _is_coroutine_function(fn)
+                    if state != _TASK and not is_coroutine_work(fn)
                 }
                 self._pool.stop_now(busy)
         if wait:
@@ -1066,12 +1066,13 @@ def _load_error(failure: LoadFailure, fn: Callable[..., Any]) -> Exception:
     return load_error(failure, fn)
 
 
-def _is_coroutine_function(fn: Callable[..., Any]) -> bool:
+def is_coroutine_work(fn: Callable[..., Any]) -> bool:
     """Whether calling ``fn`` is known to make a coroutine, before it is
     called: a coroutine function, a partial of one, an object whose
-    ``__call__`` is one. Asked only on cancel, since inspecting the function
-    costs more than the rest of submit; never under the lock, since it may
-    run the callable's own code (a ``__getattr__``)."""
+    ``__call__`` is one. Asked on cancel and by ``run()``, never by submit,
+    since inspecting the function costs more than the rest of submit; never
+    under the lock, since it may run the callable's own code (a
+    ``__getattr__``)."""
     return (
         is_coroutine_function(fn)
         or inspect.iscoroutinefunction(fn)

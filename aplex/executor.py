@@ -42,17 +42,18 @@ import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from functools import partial
 from types import TracebackType
-from typing import Any, TypedDict, TypeVar, overload
+from typing import Any, TypeAlias, TypedDict, TypeVar, overload
 
 import anyio
 import anyio.lowlevel
-from typing_extensions import ParamSpec, Self
+from typing_extensions import ParamSpec, Self, Unpack
 
 from ._dispatch import (
     Dispatcher,
     PoolStatistics,
     WorkerKind,
     WorkerStatistics,
+    is_coroutine_work,
     reject_async_generator_function,
 )
 from ._exceptions import AplexWorkerError, RemoteError, describe
@@ -74,6 +75,12 @@ __all__ = [
 P = ParamSpec("P")
 R = TypeVar("R")
 T1 = TypeVar("T1")
+
+
+#: A ``map`` call's arguments, in ``_map_feed``'s order.
+MapArguments: TypeAlias = tuple[
+    Callable[..., Any], tuple[Iterable[Any], ...], "float | None", int, Any, "int | None", bool
+]
 
 
 class MapOptions(TypedDict, total=False):
@@ -250,10 +257,10 @@ class AsyncPoolExecutor:
         feed = MapFeed(submit_chunk, zip(*iterables, strict=False), chunksize, buffersize, ordered)
         return feed, end_time
 
-    def _map_sync(self, *arguments: Any) -> Iterator[Any]:
+    def _map_sync(self, *arguments: Unpack[MapArguments]) -> Iterator[Any]:
         return iterate(*self._map_feed(*arguments))
 
-    def _map_async(self, *arguments: Any) -> AsyncIterator[Any]:
+    def _map_async(self, *arguments: Unpack[MapArguments]) -> AsyncIterator[Any]:
         return AsyncResults(*self._map_feed(*arguments))
 
     # -- the API shared by every front end --------------------------------
@@ -324,7 +331,7 @@ class AsyncPoolExecutor:
         """
         await anyio.lowlevel.checkpoint_if_cancelled()  # a cancelled caller starts nothing
         _check_work(work)
-        if self._in_process and not inspect.iscoroutinefunction(work):
+        if self._in_process and not is_coroutine_work(work):
             work = partial(contextvars.copy_context().run, work)
         future = self._dispatcher.submit(work, args, kwargs, load_balancing_meta)
         return await wait_future(future)
