@@ -24,6 +24,8 @@ Where ``os.writev`` is missing (Windows), nothing goes out of band:
 from __future__ import annotations
 
 import os
+import socket
+import stat
 import struct
 from collections.abc import Sequence
 from typing import Any
@@ -34,7 +36,7 @@ OUT_OF_BAND = hasattr(os, "writev") and hasattr(os, "readv")
 # A pickle's first byte is its PROTO opcode (0x80), never this one.
 _OUT_OF_BAND = 0
 _DESCRIPTOR = struct.Struct("<BI")  # the mark, then how many buffers
-_SIZE = struct.Struct("<Q")
+_SIZE = struct.Struct("<QB")  # a buffer's size, and 1 if it is read-only
 # multiprocessing.connection's framing, which recv_bytes() reads: a signed
 # big-endian length, or -1 and an unsigned 64-bit one past 2 GiB.
 _LENGTH = struct.Struct("!i")
@@ -55,17 +57,18 @@ def send(connection: Any, data: bytes, buffers: Sequence[Any] = ()) -> None:
         return
     raws = [buffer.raw() for buffer in buffers]
     descriptor = _DESCRIPTOR.pack(_OUT_OF_BAND, len(raws)) + b"".join(
-        _SIZE.pack(raw.nbytes) for raw in raws
+        _SIZE.pack(raw.nbytes, raw.readonly) for raw in raws
     )
     length = len(descriptor) + len(data)
     header = _LENGTH.pack(length) if length <= 0x7FFFFFFF else _LONG_LENGTH.pack(-1, length)
     _write_all(connection.fileno(), [header, descriptor, data, *raws])
 
 
-def receive(connection: Any) -> tuple[bytes | memoryview, list[bytearray]]:
+def receive(connection: Any) -> tuple[bytes | memoryview, list[bytes | bytearray]]:
     """Read one batch that :func:`send` wrote: its pickle, and the buffers
-    for :func:`pickle.loads`, each read into a bytearray of its own (an
-    object made of one keeps no other alive).
+    for :func:`pickle.loads`, each read into an object of its own (an
+    object made of one keeps no other alive): bytes for a read-only buffer,
+    which a bytes object is then made of without a copy, else a bytearray.
 
     Raises:
         EOFError: The other side closed its end before or during the batch.
@@ -76,13 +79,52 @@ def receive(connection: Any) -> tuple[bytes | memoryview, list[bytearray]]:
         return data, []
     _, count = _DESCRIPTOR.unpack_from(data)
     offset = _DESCRIPTOR.size
-    buffers = []
+    sizes = []
     for _ in range(count):
-        (size,) = _SIZE.unpack_from(data, offset)
+        sizes.append(_SIZE.unpack_from(data, offset))
         offset += _SIZE.size
-        buffers.append(bytearray(size))
-    _read_all(connection.fileno(), [memoryview(buffer) for buffer in buffers])
-    return memoryview(data)[offset:], buffers
+    return memoryview(data)[offset:], _read_buffers(connection.fileno(), sizes)
+
+
+def _read_buffers(fd: int, sizes: list[tuple[int, int]]) -> list[bytes | bytearray]:
+    if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+        buffers = [bytearray(size) for size, _ in sizes]
+        _read_all(fd, [memoryview(buffer) for buffer in buffers])
+        return buffers  # type: ignore[return-value]  # a list of bytearrays is one of either
+    # A socket (a duplex Pipe is one on POSIX) can fill a bytes object of the
+    # buffer's size in one call (MSG_WAITALL): no zeroed bytearray first,
+    # and no copy into the bytes. The object only borrows the descriptor.
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fileno=fd)
+    try:
+        return [
+            _receive_bytes(sock, size) if readonly else _receive_bytearray(sock, size)
+            for size, readonly in sizes
+        ]
+    finally:
+        sock.detach()
+
+
+def _receive_bytes(sock: socket.socket, size: int) -> bytes:
+    data = sock.recv(size, socket.MSG_WAITALL)
+    # Less only at end of file, or if a signal cut the wait short (rare:
+    # the rest is then copied on).
+    while len(data) < size:
+        more = sock.recv(size - len(data), socket.MSG_WAITALL)
+        if not more:
+            raise EOFError("end of file in the middle of a batch")
+        data += more
+    return data
+
+
+def _receive_bytearray(sock: socket.socket, size: int) -> bytearray:
+    buffer = bytearray(size)
+    view = memoryview(buffer)
+    while view:
+        read = sock.recv_into(view, len(view), socket.MSG_WAITALL)
+        if not read:
+            raise EOFError("end of file in the middle of a batch")
+        view = view[read:]
+    return buffer
 
 
 def _write_all(fd: int, parts: list[Any]) -> None:
