@@ -186,19 +186,24 @@ def dumps_works(
         data = None
     if data is not None:
         return data, []
+    collect = None
     if buffers is not None:
-        buffers.clear()  # of the attempt that failed; what follows keeps all in band
+        buffers.clear()  # of the attempt that failed
+        collect = _OutOfBand(buffers)
     sendable, failed = [], []
     for item in items:
         try:
-            _cloudpickle(item, main)
+            _cloudpickle(item if collect is None else _with_buffers(item), main)
         except BaseException as exc:  # fails the work, named
-            failed.append(ResultItem(item.work_id, FAILED, _work_pickling_error(item, exc)))
+            error = _work_pickling_error(item, exc, out_of_band=collect is not None)
+            failed.append(ResultItem(item.work_id, FAILED, error))
         else:
             sendable.append(item)
     if not sendable:
         return None, failed
-    data = _cloudpickle(sendable, main)
+    if collect is not None:
+        sendable = [_with_buffers(item) for item in sendable]
+    data = _cloudpickle(sendable, main, collect)
     return _with_ids(data, [item.work_id for item in sendable]), failed
 
 
@@ -452,7 +457,9 @@ def _cloudpickle(
         return file.getvalue()
 
 
-def _work_pickling_error(item: WorkItem, exc: BaseException) -> pickle.PicklingError:
+def _work_pickling_error(
+    item: WorkItem, exc: BaseException, *, out_of_band: bool = False
+) -> pickle.PicklingError:
     name = _work_name(item.fn)
     culprit = "the work"
     candidates: list[tuple[str, Any]] = [("the work", item.fn)]
@@ -463,7 +470,7 @@ def _work_pickling_error(item: WorkItem, exc: BaseException) -> pickle.PicklingE
     ]
     for label, value in candidates:
         try:
-            _cloudpickle(value)
+            _cloudpickle(_wrap(value) if out_of_band else value)
         except BaseException:  # found the culprit
             culprit = label
             break
