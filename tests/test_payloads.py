@@ -97,14 +97,41 @@ def test_a_large_buffer_argument_of_a_work_that_cannot_load_fails_that_work_alon
             pass
         futures = [executor.submit(works.buffer_facts, value) for value in values]
         bad = executor.submit(works.add, os.urandom(LARGE * 3), works.LoadsOnlyIn(os.getpid()))
+        # Text: the pickle is large itself, and goes out of band whole.
+        bad_text = executor.submit(works.add, "t" * LARGE * 3, works.LoadsOnlyIn(os.getpid()))
         after = [executor.submit(works.identity, value) for value in values]
         release.touch()
         assert blocker.result(TIMEOUT) == "blocker"
         assert [future.result(TIMEOUT) for future in futures] == [facts(v) for v in values]
-        with pytest.raises(pickle.UnpicklingError, match="refuses to load outside process"):
-            bad.result(TIMEOUT)
+        for future in (bad, bad_text):
+            with pytest.raises(pickle.UnpicklingError, match="refuses to load outside process"):
+                future.result(TIMEOUT)
         assert [future.result(TIMEOUT) for future in after] == values
         assert_serves(executor)
+
+
+def test_large_text_and_lists_arrive_intact_both_ways(tmp_path):
+    """A large pickle with no buffer in it (text, a long list) is itself
+    sent out of band, inside a small one: what it holds must load whole,
+    alone or beside large buffers, on its way to the worker and back."""
+    started, release = tmp_path / "started", tmp_path / "release"
+    values = [
+        os.urandom(LARGE).hex(),
+        list(range(LARGE)),
+        ["é" * LARGE, os.urandom(LARGE * 2), bytearray(LARGE)],
+        {"text": "x" * LARGE, "nested": [os.urandom(LARGE)]},
+    ]
+    with aplex.ProcessAsyncPoolExecutor(pool_size=1) as executor:
+        for value in values:
+            assert executor.submit(works.identity, value).result(TIMEOUT) == value
+        # Queued together: one batch for several of them.
+        blocker = executor.submit(works.plain_until_file, str(started), str(release), "blocker")
+        while not started.exists():
+            pass
+        futures = [executor.submit(works.identity, value) for value in values * 3]
+        release.touch()
+        assert blocker.result(TIMEOUT) == "blocker"
+        assert [future.result(TIMEOUT) for future in futures] == values * 3
 
 
 def test_a_large_result_the_parent_cannot_load_fails_its_work_alone(tmp_path):

@@ -204,6 +204,8 @@ def dumps_works(
     if collect is not None:
         sendable = [_with_buffers(item) for item in sendable]
     data = _cloudpickle(sendable, main, collect)
+    if buffers is not None:
+        data = _pickle_out_of_band(data, buffers)
     return _with_ids(data, [item.work_id for item in sendable]), failed
 
 
@@ -261,15 +263,50 @@ def dumps(obj: Any, *, main: bool | None = None, buffers: list[Any] | None = Non
         data: bytes | None = pickle.dumps(obj, PROTOCOL, buffer_callback=collect)
     except Exception:
         data = None  # a lambda, a closure...: cloudpickle's work
-    if data is not None and b"__main__" not in data:
-        return data  # the common case, without asking about the main module
-    if main is None:
+    if data is not None and main is None and len(data) >= OUT_OF_BAND_BYTES:
+        # Asking costs about a microsecond; scanning a pickle for the main
+        # module's name, some 0.4 ms a MiB.
         main = workers_import_main()
-    if data is not None and main:
+    if data is None or (not main and b"__main__" in data):
+        if main is None:
+            main = workers_import_main()
+        if data is None or not main:
+            if buffers is not None:
+                buffers.clear()  # the standard pickle's, if it got that far
+            data = _cloudpickle(obj, main, collect)
+    # else the common case, without asking about the main module
+    return data if buffers is None else _pickle_out_of_band(data, buffers)
+
+
+def _pickle_out_of_band(data: bytes, buffers: list[Any]) -> bytes:
+    """``data``, a pickle whose own out-of-band buffers are ``buffers``; if
+    it is large itself (text, a long list), a small pickle that has it
+    loaded, with them, and sends it out of band too: it is then written
+    from where it is, instead of copied to append a batch's ids and read
+    back in pieces."""
+    if len(data) < OUT_OF_BAND_BYTES:
         return data
-    if buffers is not None:
-        buffers.clear()  # the standard pickle's, if it got that far
-    return _cloudpickle(obj, main, collect)
+    inner = buffers[:]
+    buffers.clear()
+    return pickle.dumps(_Pickle(data, inner), PROTOCOL, buffer_callback=_collect_all(buffers))
+
+
+class _Pickle:
+    """A pickle, and its out-of-band buffers, that pickle as buffers (see
+    :func:`_pickle_out_of_band`) and load as what they pickled."""
+
+    __slots__ = ("data", "buffers")
+
+    def __init__(self, data: bytes, buffers: list[Any]):
+        self.data = data
+        self.buffers = buffers
+
+    def __reduce__(self) -> tuple[Callable[..., Any], tuple[Any, ...]]:
+        return _load_pickle, (pickle.PickleBuffer(self.data), tuple(self.buffers))
+
+
+def _load_pickle(data: Any, buffers: tuple[Any, ...]) -> Any:
+    return pickle.loads(data, buffers=buffers)
 
 
 class _OutOfBand:
@@ -494,11 +531,12 @@ def dumps_results(results: list[Any], buffers: list[Any] | None = None) -> bytes
     there, out of band (see :func:`dumps`)."""
     if buffers is None:
         return pickle.dumps([_sendable(result) for result in results])
-    return pickle.dumps(
+    data = pickle.dumps(
         [_sendable_out_of_band(result) for result in results],
         PROTOCOL,
         buffer_callback=_OutOfBand(buffers),
     )
+    return _pickle_out_of_band(data, buffers)
 
 
 def _sendable_out_of_band(result: Any) -> Any:
