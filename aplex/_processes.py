@@ -38,7 +38,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Collection
-from typing import Any
+from typing import Any, NamedTuple
 
 from ._exceptions import ProcessExit
 from ._interrupts import INTERRUPTED, interruptible
@@ -57,7 +57,6 @@ from ._worker.messages import (
     work_size_hint,
 )
 from ._worker.pickling import (
-    Pickled,
     dumps,
     dumps_controls,
     dumps_initargs,
@@ -66,6 +65,7 @@ from ._worker.pickling import (
     loads,
 )
 from ._worker.process import FORK_SERVER, run_process_worker
+from ._worker.wire import OUT_OF_BAND, receive, send
 from .backends import Backend
 
 # How workers report, to the dispatcher: results by batch, and their exit.
@@ -81,6 +81,19 @@ _ENDS_NO_WORK = (TasksStarted, Ready)
 _DIRECT_WRITE_MAX = 16 * 1024
 
 _CONTROLS = (CancelItem, StopItem)
+
+
+class _Pickled(NamedTuple):
+    """A batch that put() pickled and left for the feeder to write."""
+
+    data: bytes
+    buffers: list[Any]  # out of band (see aplex._worker.wire)
+
+
+def _dumps_batch(items: list[Any], buffers: list[Any] | None) -> bytes | None:
+    # For interruptible(), which passes arguments by position.
+    return dumps_works_or_none(items, buffers=buffers)
+
 
 # Every pool's parent ends and worker processes, for _forget_after_fork().
 # A parent end is added before the worker that must not inherit it is
@@ -477,20 +490,21 @@ class _ProcessLink:
         # Exception. Either way the feeder gets the items, pickles them
         # again, and fails alone a work that still cannot be; nothing may
         # leave the writing flag set, or this worker would get nothing more.
+        buffers: list[Any] | None = [] if OUT_OF_BAND else None
         try:
-            data = interruptible(dumps_works_or_none, items)
+            data = interruptible(_dumps_batch, items, buffers)
         except BaseException:
             data = None  # by __reduce__ itself, on a thread no signal reaches
         if data is INTERRUPTED:
             data = None
         try:
-            if data is not None and len(data) <= _DIRECT_WRITE_MAX:
+            if data is not None and not buffers and len(data) <= _DIRECT_WRITE_MAX:
                 self._connection.send_bytes(data)
                 items = []
             elif data is not None:
                 # Too big to write from the caller's thread without risking
                 # to block it: the feeder writes it, pickled already.
-                items = [Pickled(data)]
+                items = [_Pickled(data, buffers or [])]
         except OSError:
             items = []  # the worker is gone: the reader reports it
         with self._lock:
@@ -536,11 +550,11 @@ class _ProcessLink:
         size = 0  # of the works' payloads (see BATCH_BYTES)
         alone = self._alone
         for item in [*items, None]:
-            if item is None or type(item) is Pickled:
+            if item is None or type(item) is _Pickled:
                 self._send_batch(works, controls)
                 works, controls, size = [], [], 0
                 if item is not None:
-                    self._connection.send_bytes(item.data)
+                    send(self._connection, item.data, item.buffers)
             elif isinstance(item, _CONTROLS):
                 controls.append(item)
             elif alone and item.work_id in alone:
@@ -555,13 +569,14 @@ class _ProcessLink:
 
     def _send_batch(self, works: list[Any], controls: list[Any]) -> None:
         if works:
-            data, failed = dumps_works(works)
+            buffers: list[Any] | None = [] if OUT_OF_BAND else None
+            data, failed = dumps_works(works, buffers=buffers)
             if failed:
                 with self._lock:
                     self._in_flight -= len(failed)
                 self._on_results(self.index, failed)
             if data is not None:
-                self._connection.send_bytes(data)
+                send(self._connection, data, buffers or ())
         if controls:
             self._connection.send_bytes(dumps_controls(controls))
 
@@ -600,10 +615,10 @@ class _ProcessLink:
         connection = self._connection
         while True:
             try:
-                data = connection.recv_bytes()
+                data, buffers = receive(connection)
             except (EOFError, OSError):
                 return  # the worker has exited: _read() reaps it
-            results = loads(data)
+            results = loads(data, buffers)
             if type(results) is ReloadRequest:
                 # Answered, for now: the dispatcher sends them again, and
                 # they go alone.
@@ -614,7 +629,7 @@ class _ProcessLink:
             with self._lock:
                 self._in_flight -= ended
             self._on_results(self.index, results)
-            del data, results  # not kept while waiting for the next
+            del data, buffers, results  # not kept while waiting for the next
 
     def join(self, timeout: float | None) -> bool:
         """Wait until the worker has exited and been reaped; False on timeout."""

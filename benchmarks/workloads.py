@@ -107,14 +107,29 @@ def _sync_payload(system: SyncSystem, size: int) -> dict[str, float]:
     pool = system.make_pool()
     try:
         system.submit(pool, works.identity, 0).result()
-        clock = _Clock()
-        futures = [system.submit(pool, works.echo, payload) for payload in payloads]
-        for future in futures:
-            assert len(future.result()) == MIB
-        return {
-            "payload_mb_s": clock.rate(size * MIB / 1e6),
-            "payload_cpu_us": clock.cpu_us(size),
-        }
+        rate, cpu = _sync_echo(system, pool, payloads)
+        return {"payload_mb_s": rate, "payload_cpu_us": cpu}
+    finally:
+        system.close(pool)
+
+
+def _sync_echo(system: SyncSystem, pool: Any, payloads: list[Any]) -> tuple[float, float]:
+    """Echo every payload at once: MB/s, and the caller's CPU per work (µs)."""
+    clock = _Clock()
+    futures = [system.submit(pool, works.echo, payload) for payload in payloads]
+    for future, payload in zip(futures, payloads, strict=True):
+        assert len(future.result()) == len(payload)
+    return clock.rate(_bytes(payloads) / 1e6), clock.cpu_us(len(payloads))
+
+
+def _sync_payloads(system: SyncSystem, size: int, make: Callable[..., Any]) -> dict[str, float]:
+    families = _payload_families(size, make)
+    pool = system.make_pool()
+    try:
+        # Warmed with the payloads' kind: a worker's first NumPy array
+        # imports numpy there.
+        system.submit(pool, works.echo, make(1024, 0)).result()
+        return _keyed_family(families, lambda payloads: _sync_echo(system, pool, payloads))
     finally:
         system.close(pool)
 
@@ -243,12 +258,29 @@ def _async_payload(system: AsyncSystem, size: int) -> dict[str, float]:
     async def main() -> dict[str, float]:
         async with system.open() as handle:
             await system.call(handle, works.identity, 0)
-            clock = _Clock()
-            await _call_many(system, handle, works.echo, payloads)
-            return {
-                "payload_mb_s": clock.rate(size * MIB / 1e6),
-                "payload_cpu_us": clock.cpu_us(size),
-            }
+            rate, cpu = await _async_echo(system, handle, payloads)
+            return {"payload_mb_s": rate, "payload_cpu_us": cpu}
+
+    return _run_async(system, main)
+
+
+async def _async_echo(system: AsyncSystem, handle: Any, payloads: list[Any]) -> tuple[float, float]:
+    clock = _Clock()
+    await _call_many(system, handle, works.echo, payloads)
+    return clock.rate(_bytes(payloads) / 1e6), clock.cpu_us(len(payloads))
+
+
+def _async_payloads(system: AsyncSystem, size: int, make: Callable[..., Any]) -> dict[str, float]:
+    families = _payload_families(size, make)
+
+    async def main() -> dict[str, float]:
+        metrics: dict[str, float] = {}
+        async with system.open() as handle:
+            await system.call(handle, works.echo, make(1024, 0))  # see _sync_payloads
+            for key in list(families):
+                rate, cpu = await _async_echo(system, handle, families.pop(key))
+                metrics[f"{key}_mb_s"], metrics[f"{key}_cpu_us"] = rate, cpu
+        return metrics
 
     return _run_async(system, main)
 
@@ -290,6 +322,73 @@ def _async_memory(system: AsyncSystem, size: int) -> dict[str, float]:
             return _rss_mib(await system.call(handle, works.worker_pid, None))
 
     return _run_async(system, main)
+
+
+# -- the payload family ------------------------------------------------------------
+
+#: The payload family's sizes, by the label of their metrics.
+PAYLOAD_SIZES = {"1k": 1 << 10, "64k": 64 << 10, "1m": MIB, "16m": 16 * MIB}
+#: Works per size at most, per MiB of the workload's size: the 1 KiB run
+#: would otherwise be 65,536 works, minutes for the slowest peers.
+PAYLOAD_WORKS_PER_MIB = 64
+
+
+def _payload_families(size: int, make: Callable[[int, int], Any]) -> dict[str, list[Any]]:
+    """For each payload size, distinct payloads (``make(nbytes, seed)``)
+    moving about ``size`` MiB in all."""
+    families = {}
+    for label, nbytes in PAYLOAD_SIZES.items():
+        count = max(2, min(size * PAYLOAD_WORKS_PER_MIB, size * MIB // nbytes))
+        families[label] = [make(nbytes, seed) for seed in range(count)]
+    return families
+
+
+def _keyed_family(
+    families: dict[str, list[Any]], echo: Callable[[list[Any]], tuple[float, float]]
+) -> dict[str, float]:
+    metrics = {}
+    for label in list(families):
+        rate, cpu = echo(families.pop(label))  # each size's payloads freed once sent
+        metrics[f"{label}_mb_s"], metrics[f"{label}_cpu_us"] = rate, cpu
+    return metrics
+
+
+def _random_bytes(nbytes: int, seed: int) -> bytes:
+    return os.urandom(nbytes)
+
+
+def _random_array(nbytes: int, seed: int) -> Any:
+    try:
+        import numpy
+    except ImportError:
+        raise NotApplicable("numpy is not installed") from None
+    return numpy.random.default_rng(seed).random(nbytes // 8)
+
+
+def _bytes(payloads: list[Any]) -> int:
+    return sum(memoryview(payload).nbytes for payload in payloads)
+
+
+def _payloads(make: Callable[[int, int], Any], prefix: str) -> Callable:
+    def run(system: SyncSystem | AsyncSystem, size: int) -> dict[str, float]:
+        run_family = _sync_payloads if system.family == "sync" else _async_payloads
+        metrics = run_family(system, size, make)  # type: ignore[arg-type]
+        return {f"{prefix}_{key}": value for key, value in metrics.items()}
+
+    return run
+
+
+def _payload_metrics(prefix: str, kind: str) -> tuple[Metric, ...]:
+    names = {"1k": "1 KiB", "64k": "64 KiB", "1m": "1 MiB", "16m": "16 MiB"}
+    metrics = []
+    for label, name in names.items():
+        metrics.append(
+            Metric(f"{prefix}_{label}_mb_s", f"{name} {kind} echoed ({{size}} MiB)", "MB/s", True)
+        )
+        metrics.append(
+            Metric(f"{prefix}_{label}_cpu_us", f"caller's CPU per work, {name} {kind}", "µs", False)
+        )
+    return tuple(metrics)
 
 
 # -- helpers -----------------------------------------------------------------------
@@ -411,6 +510,22 @@ WORKLOADS: dict[str, Workload] = {
             64,
             16,
             _by_family(_sync_payload, _async_payload),
+        ),
+        # Distinct bytes of 1 KiB to 16 MiB, then NumPy arrays ("n/a" without
+        # numpy): each size moves about {size} MiB, in at most 64 works per MiB.
+        Workload(
+            "payloads",
+            _payload_metrics("payloads", "bytes"),
+            64,
+            8,
+            _payloads(_random_bytes, "payloads"),
+        ),
+        Workload(
+            "payloads-numpy",
+            _payload_metrics("payloads_np", "NumPy array"),
+            64,
+            8,
+            _payloads(_random_array, "payloads_np"),
         ),
         Workload(
             "cpu",

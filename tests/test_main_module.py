@@ -70,6 +70,10 @@ SCRIPT = textwrap.dedent(
         return Point(point.y, point.x)
 
 
+    def bump_after_reading(text):
+        return len(text), bump()
+
+
     def fail():
         raise ValueError("raised in the script")  # FAIL LINE
 
@@ -85,6 +89,8 @@ SCRIPT = textwrap.dedent(
                 "cache hits": [pool.submit(cache_hits, 3).result(30) for _ in range(3)],
                 # A lambda goes by value, but the function it calls is the module's.
                 "lambda": pool.submit(lambda: bump()).result(30),
+                # A pickle large enough to go out of band: by reference still.
+                "large": pool.submit(bump_after_reading, "x" * (1 << 20)).result(30),
                 "map": list(pool.map(cache_hits, [3, 3], chunksize=2)),
             }
             point = pool.submit(mirror, Point(1, 2)).result(30)
@@ -124,6 +130,7 @@ def test_main_module_state_lives_once_per_worker_as_with_concurrent_futures(
     # and a module-level lock does not stop the function from being sent.
     assert found["counter"] == [1, 2, 3]
     assert found["lambda"] == 4
+    assert found["large"] == [1 << 20, 5]
     # The cache is the worker's own, and it is hit.
     assert found["cache hits"] == [0, 1, 2]
     assert found["map"] == [3, 4]
@@ -161,6 +168,10 @@ FALLBACK_SCRIPT = textwrap.dedent(
         return COUNTER
 
 
+    def bump_after_reading(text):
+        return len(text), bump()
+
+
     if __name__ == "__main__":
         with aplex.ProcessAsyncPoolExecutor(
             pool_size=1, mp_context=sys.argv[1], initializer=initialize, initargs=("w",)
@@ -168,6 +179,8 @@ FALLBACK_SCRIPT = textwrap.dedent(
             found = {
                 "state": pool.submit(read_state).result(30),
                 "counter": [pool.submit(bump).result(30) for _ in range(3)],
+                # A pickle large enough to go out of band: by value still.
+                "large": pool.submit(bump_after_reading, "x" * (1 << 20)).result(30),
             }
         print(json.dumps(found))
     """
@@ -198,3 +211,4 @@ def test_without_an_importable_main_module_functions_go_by_value(tmp_path, run_a
     # The initializer set its own copy of the globals, not the works'.
     assert found["state"] == "unset"
     assert found["counter"] == [1, 1, 1]
+    assert found["large"] == [1 << 20, 1]

@@ -383,7 +383,7 @@ def test_a_fault_in_the_feeder_breaks_the_pool_instead_of_hanging(monkeypatch, t
     for ever."""
     from aplex import _processes
 
-    def faulty(items):
+    def faulty(items, **options):
         raise RuntimeError("a fault while sending works")
 
     monkeypatch.setattr(_processes, "dumps_works", faulty)

@@ -911,3 +911,32 @@ def block_writing_pid(started_path, release_path, timeout=30):
 def wait_for_file_initializer(path, timeout=30):
     """An initializer that returns once ``path`` exists."""
     _wait_for_file_sync(path, timeout)
+
+
+# -- large payloads (tests/test_payloads.py)
+
+
+def buffer_facts(value):
+    """What a buffer argument is once it has arrived in the worker: its
+    type, its layout and a digest of its bytes."""
+    import hashlib
+
+    view = memoryview(value)
+    facts = (type(value).__name__, view.format, view.shape, view.readonly)
+    return facts + (hashlib.sha256(view.cast("B") if view.ndim else view.tobytes()).hexdigest(),)
+
+
+def make_buffer(kind, size, seed):
+    """A large buffer of ``kind`` made in the worker: a result to send back."""
+    import random
+
+    data = random.Random(seed).randbytes(size)
+    if kind == "bytes":
+        return data
+    if kind == "bytearray":
+        return bytearray(data)
+    return memoryview(bytearray(data)).cast("Q")
+
+
+def buffers_of_kwargs(**kwargs):
+    return {key: buffer_facts(value) for key, value in kwargs.items()}

@@ -88,15 +88,21 @@ KILL = KillItem()
 BATCH_BYTES = 256 * 1024
 
 
+# Types whose values add little to a message, told apart at a glance.
+_SMALL = frozenset({int, float, bool, type(None), tuple, list, dict})
+
+
 def size_hint(value: Any) -> int:
-    """What ``value`` adds to a message, if it is bytes, a bytearray, text
-    or a memoryview; 0 otherwise (a cheap lower bound, not a measure)."""
+    """What ``value`` adds to a message, if it is bytes, a bytearray, text,
+    or has ``nbytes`` (a memoryview, a NumPy array); 0 otherwise (a cheap
+    lower bound, not a measure)."""
     kind = type(value)
     if kind is bytes or kind is bytearray or kind is str:
         return len(value)
-    if kind is memoryview:
-        return int(value.nbytes)
-    return 0
+    if kind in _SMALL:
+        return 0
+    nbytes = getattr(value, "nbytes", 0)
+    return nbytes if type(nbytes) is int else 0
 
 
 def work_size_hint(item: WorkItem) -> int:
@@ -104,8 +110,7 @@ def work_size_hint(item: WorkItem) -> int:
     size = 0
     for args in item.args if item.chunk else (item.args,):
         for value in args:
-            kind = type(value)
-            if kind is bytes or kind is bytearray or kind is str or kind is memoryview:
+            if type(value) not in _SMALL:
                 size += size_hint(value)
     for value in item.kwargs.values():
         size += size_hint(value)

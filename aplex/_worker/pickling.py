@@ -30,6 +30,13 @@ batch down with it (see :class:`~aplex._worker.messages.LoadFailure`):
   and loaded by :func:`load_result`, which turns a failure into that one
   work's error; an exception likewise, which becomes a :class:`RemoteError`.
 
+Large buffers travel out of band (pickle protocol 5) on a process worker's
+pipe (see :mod:`.wire`): a bytes, bytearray or memoryview that is an
+argument or a result, a NumPy array anywhere in one, or the pickle of a
+result pickled on its own, when it has at least :data:`OUT_OF_BAND_BYTES`.
+The pickle refers to them, and the receiver passes them to
+:func:`pickle.loads`. Ray's batches keep everything in band.
+
 An exception travels with its traceback as text, attached on arrival as its
 ``__cause__`` (as :mod:`concurrent.futures` does); its traceback objects are
 dropped once formatted, so that the frames of the work, and whatever they
@@ -67,6 +74,10 @@ from .messages import (
 )
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
+
+#: The smallest buffer that travels out of band: below it, copying it into
+#: the pickle costs less than writing and reading it on its own.
+OUT_OF_BAND_BYTES = 64 * 1024
 
 
 _CONTROLS = (CancelItem, StopItem)
@@ -127,7 +138,7 @@ def _with_ids(data: bytes, ids: list[int]) -> bytes:
     return data + array("q", ids).tobytes() + _COUNT.pack(len(ids))
 
 
-def work_ids(data: bytes) -> list[int]:
+def work_ids(data: bytes | memoryview) -> list[int]:
     """The ids of the works in a batch that :func:`dumps_works` made."""
     end = len(data) - _COUNT.size
     (count,) = _COUNT.unpack_from(data, end)
@@ -152,7 +163,7 @@ def _drop_tracebacks(exc: BaseException) -> None:
 
 
 def dumps_works(
-    items: list[Any], *, main: bool | None = None
+    items: list[Any], *, main: bool | None = None, buffers: list[Any] | None = None
 ) -> tuple[bytes | None, list[ResultItem]]:
     """Pickle a batch of works for a worker, on a thread that no signal
     reaches (the feeder): whatever a ``__reduce__`` raises, even beyond an
@@ -162,43 +173,59 @@ def dumps_works(
         items: The batch.
         main: Whether the worker has this process's main module (see
             :func:`dumps`).
+        buffers: Where to put the buffers that go out of band (see
+            :func:`dumps`); None to keep them in band.
 
     Returns:
         The pickled batch (None if no work could be pickled), and a failed
         result for each work that could not be (left out of the batch).
     """
     try:
-        data = dumps_works_or_none(items, main=main)
+        data = dumps_works_or_none(items, main=main, buffers=buffers)
     except BaseException:  # tried again item by item, below
         data = None
     if data is not None:
         return data, []
+    collect = None
+    if buffers is not None:
+        buffers.clear()  # of the attempt that failed
+        collect = _OutOfBand(buffers)
     sendable, failed = [], []
     for item in items:
         try:
-            _cloudpickle(item, main)
+            _cloudpickle(item if collect is None else _with_buffers(item), main)
         except BaseException as exc:  # fails the work, named
-            failed.append(ResultItem(item.work_id, FAILED, _work_pickling_error(item, exc)))
+            error = _work_pickling_error(item, exc, out_of_band=collect is not None)
+            failed.append(ResultItem(item.work_id, FAILED, error))
         else:
             sendable.append(item)
     if not sendable:
         return None, failed
-    data = _cloudpickle(sendable, main)
+    if collect is not None:
+        sendable = [_with_buffers(item) for item in sendable]
+    data = _cloudpickle(sendable, main, collect)
+    if buffers is not None:
+        data = _pickle_out_of_band(data, buffers)
     return _with_ids(data, [item.work_id for item in sendable]), failed
 
 
-def dumps_works_or_none(items: list[Any], *, main: bool | None = None) -> bytes | None:
+def dumps_works_or_none(
+    items: list[Any], *, main: bool | None = None, buffers: list[Any] | None = None
+) -> bytes | None:
     """Pickle a batch for a worker: of works, or of control items; None if
     some item cannot be pickled, or if the batch holds both (see the module
-    doc: a control item must not be lost with a work that fails to load)."""
+    doc: a control item must not be lost with a work that fails to load).
+    With ``buffers``, large buffers go there, out of band (see :func:`dumps`)."""
     if len(items) == 1:
         ids = [] if isinstance(items[0], _CONTROLS) else [items[0].work_id]
     else:
         ids = [item.work_id for item in items if not isinstance(item, _CONTROLS)]
         if ids and len(ids) != len(items):
             return None
+    if buffers is not None and ids:
+        items = [_with_buffers(item) for item in items]
     try:
-        return _with_ids(dumps(items, main=main), ids)
+        return _with_ids(dumps(items, main=main, buffers=buffers), ids)
     except Exception:
         # Anything more (a KeyboardInterrupt, a __reduce__'s SystemExit) is
         # for the caller: put() on the main thread raises it once its
@@ -216,7 +243,7 @@ def dumps_reload(ids: list[int]) -> bytes:
     return pickle.dumps(ReloadRequest(tuple(ids)))
 
 
-def dumps(obj: Any, *, main: bool | None = None) -> bytes:
+def dumps(obj: Any, *, main: bool | None = None, buffers: list[Any] | None = None) -> bytes:
     """Pickle ``obj`` for a worker: with the standard pickle if it can be
     trusted to, else with cloudpickle (see the module doc).
 
@@ -226,18 +253,177 @@ def dumps(obj: Any, *, main: bool | None = None) -> bytes:
             its functions and classes may go by reference; None for a worker
             process's answer (:func:`workers_import_main`). A Ray actor has
             not: False.
+        buffers: Where to put, in order, the buffers of at least
+            :data:`OUT_OF_BAND_BYTES` that the pickle leaves out of band
+            (:class:`pickle.PickleBuffer` objects, for
+            :func:`~aplex._worker.wire.send`); None to keep them in band.
     """
+    collect = None if buffers is None else _OutOfBand(buffers)
     try:
-        data: bytes | None = pickle.dumps(obj)
+        data: bytes | None = pickle.dumps(obj, PROTOCOL, buffer_callback=collect)
     except Exception:
         data = None  # a lambda, a closure...: cloudpickle's work
-    if data is not None and b"__main__" not in data:
-        return data  # the common case, without asking about the main module
-    if main is None:
+    if data is not None and main is None and len(data) >= OUT_OF_BAND_BYTES:
+        # Asking costs about a microsecond; scanning a pickle for the main
+        # module's name, some 0.4 ms a MiB.
         main = workers_import_main()
-    if data is not None and main:
+    if data is None or (not main and b"__main__" in data):
+        if main is None:
+            main = workers_import_main()
+        if data is None or not main:
+            if buffers is not None:
+                buffers.clear()  # the standard pickle's, if it got that far
+            data = _cloudpickle(obj, main, collect)
+    # else the common case, without asking about the main module
+    return data if buffers is None else _pickle_out_of_band(data, buffers)
+
+
+def _pickle_out_of_band(data: bytes, buffers: list[Any]) -> bytes:
+    """``data``, a pickle whose own out-of-band buffers are ``buffers``; if
+    it is large itself (text, a long list), a small pickle that has it
+    loaded, with them, and sends it out of band too: it is then written
+    from where it is, instead of copied to append a batch's ids and read
+    back in pieces."""
+    if len(data) < OUT_OF_BAND_BYTES:
         return data
-    return _cloudpickle(obj, main)
+    inner = buffers[:]
+    buffers.clear()
+    return pickle.dumps(_Pickle(data, inner), PROTOCOL, buffer_callback=_collect_all(buffers))
+
+
+class _Pickle:
+    """A pickle, and its out-of-band buffers, that pickle as buffers (see
+    :func:`_pickle_out_of_band`) and load as what they pickled."""
+
+    __slots__ = ("data", "buffers")
+
+    def __init__(self, data: bytes, buffers: list[Any]):
+        self.data = data
+        self.buffers = buffers
+
+    def __reduce__(self) -> tuple[Callable[..., Any], tuple[Any, ...]]:
+        return _load_pickle, (pickle.PickleBuffer(self.data), tuple(self.buffers))
+
+
+def _load_pickle(data: Any, buffers: tuple[Any, ...]) -> Any:
+    return pickle.loads(data, buffers=buffers)
+
+
+class _OutOfBand:
+    """A pickler's buffer callback: keeps the large buffers out of band, in
+    ``buffers``, and lets the small ones go in band."""
+
+    __slots__ = ("buffers",)
+
+    def __init__(self, buffers: list[Any]):
+        self.buffers = buffers
+
+    def __call__(self, buffer: pickle.PickleBuffer) -> bool:
+        with buffer.raw() as raw:
+            if raw.nbytes < OUT_OF_BAND_BYTES:
+                return True
+        self.buffers.append(buffer)
+        return False
+
+
+def _collect_all(buffers: list[Any]) -> Callable[[pickle.PickleBuffer], bool]:
+    # For a pickle nested in another (a result pickled on its own): all its
+    # buffers are handed to the outer one, which decides which go out of band.
+    def collect(buffer: pickle.PickleBuffer) -> bool:
+        buffers.append(buffer)
+        return False
+
+    return collect
+
+
+class _Buffer:
+    """A bytes, bytearray or memoryview that pickles as a
+    :class:`pickle.PickleBuffer`, so that it may go out of band: the
+    standard pickle copies a bytes object into the stream whatever the
+    buffer callback, and pickles no memoryview at all."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: bytes | bytearray | memoryview):
+        self.value = value
+
+    def __reduce__(self) -> tuple[Callable[..., Any], tuple[Any, ...]]:
+        value = self.value
+        if type(value) is bytes:
+            return _as_bytes, (pickle.PickleBuffer(value),)
+        if type(value) is bytearray:
+            return _as_bytearray, (pickle.PickleBuffer(value),)
+        assert isinstance(value, memoryview)
+        return _as_memoryview, (pickle.PickleBuffer(value), value.format, value.shape)
+
+
+# What a _Buffer loads as. In band, the standard pickle gives a read-only
+# buffer as bytes and a writable one as a bytearray; out of band, a bytearray
+# that wire.receive() read (as a read-only memoryview of it when read-only).
+
+
+def _as_bytes(buffer: Any) -> bytes:
+    return buffer if type(buffer) is bytes else bytes(buffer)
+
+
+def _as_bytearray(buffer: Any) -> bytearray:
+    return buffer if type(buffer) is bytearray else bytearray(buffer)
+
+
+def _as_memoryview(buffer: Any, format: str, shape: tuple[int, ...]) -> memoryview[Any]:
+    view: memoryview[Any] = memoryview(buffer)
+    if view.format == format and view.shape == shape:
+        return view
+    # The stubs list each format literally; this one is the sender's own.
+    return view.cast(format, shape)  # type: ignore[call-overload, no-any-return]
+
+
+_BUFFER_TYPES = frozenset({bytes, bytearray, memoryview})
+
+
+def _is_large_buffer(value: Any) -> bool:
+    kind = type(value)
+    if kind is bytes or kind is bytearray:
+        return len(value) >= OUT_OF_BAND_BYTES
+    return kind is memoryview  # pickled as a _Buffer whatever its size
+
+
+def _with_buffers(item: Any) -> Any:
+    """``item``, or for a work with large buffer arguments a copy of it in
+    which they pickle as :class:`_Buffer` (the parent's record is left as
+    it is)."""
+    if type(item) in _CONTROLS:
+        return item
+    args, kwargs = item.args, item.kwargs
+    if not kwargs and not item.chunk and _BUFFER_TYPES.isdisjoint(map(type, args)):
+        return item  # most works, told at C speed
+    if item.chunk:
+        if not any(_is_large_buffer(value) for chunk in args for value in chunk):
+            args = None
+    elif not any(_is_large_buffer(value) for value in args):
+        args = None
+    if not any(_is_large_buffer(value) for value in kwargs.values()):
+        kwargs = None
+    if args is None and kwargs is None:
+        return item
+    if args is not None:
+        if item.chunk:
+            args = [tuple(map(_wrap, chunk)) for chunk in args]
+        else:
+            args = tuple(map(_wrap, args))
+    if kwargs is not None:
+        kwargs = {key: _wrap(value) for key, value in kwargs.items()}
+    return WorkItem(
+        item.work_id,
+        item.fn,
+        item.args if args is None else args,
+        item.kwargs if kwargs is None else kwargs,
+        item.chunk,
+    )
+
+
+def _wrap(value: Any) -> Any:
+    return _Buffer(value) if _is_large_buffer(value) else value
 
 
 def workers_import_main() -> bool:
@@ -275,8 +461,13 @@ def _pickler_class() -> type[Any]:
     import cloudpickle
 
     class Pickler(cloudpickle.Pickler):  # type: ignore[misc]  # cloudpickle is untyped
-        def __init__(self, file: Any, main: bool | None):
-            super().__init__(file, protocol=PROTOCOL)
+        def __init__(
+            self,
+            file: Any,
+            main: bool | None,
+            buffer_callback: Callable[[pickle.PickleBuffer], bool] | None,
+        ):
+            super().__init__(file, protocol=PROTOCOL, buffer_callback=buffer_callback)
             self._main = main
 
         def reducer_override(self, obj: Any) -> Any:
@@ -298,13 +489,19 @@ def _is_main_global(obj: Any) -> bool:
     return found is obj
 
 
-def _cloudpickle(obj: Any, main: bool | None = None) -> bytes:
+def _cloudpickle(
+    obj: Any,
+    main: bool | None = None,
+    buffer_callback: Callable[[pickle.PickleBuffer], bool] | None = None,
+) -> bytes:
     with io.BytesIO() as file:
-        _pickler_class()(file, main).dump(obj)
+        _pickler_class()(file, main, buffer_callback).dump(obj)
         return file.getvalue()
 
 
-def _work_pickling_error(item: WorkItem, exc: BaseException) -> pickle.PicklingError:
+def _work_pickling_error(
+    item: WorkItem, exc: BaseException, *, out_of_band: bool = False
+) -> pickle.PicklingError:
     name = _work_name(item.fn)
     culprit = "the work"
     candidates: list[tuple[str, Any]] = [("the work", item.fn)]
@@ -315,7 +512,7 @@ def _work_pickling_error(item: WorkItem, exc: BaseException) -> pickle.PicklingE
     ]
     for label, value in candidates:
         try:
-            _cloudpickle(value)
+            _cloudpickle(_wrap(value) if out_of_band else value)
         except BaseException:  # found the culprit
             culprit = label
             break
@@ -333,10 +530,35 @@ def _work_pickling_error(item: WorkItem, exc: BaseException) -> pickle.PicklingE
 _PLAIN = frozenset({type(None), bool, int, float, complex, str, bytes, bytearray})
 
 
-def dumps_results(results: list[Any]) -> bytes:
+def dumps_results(results: list[Any], buffers: list[Any] | None = None) -> bytes:
     """Pickle a batch of results for the parent; what cannot be pickled
-    becomes an error the parent can read."""
-    return pickle.dumps([_sendable(result) for result in results])
+    becomes an error the parent can read. With ``buffers``, large buffers go
+    there, out of band (see :func:`dumps`)."""
+    if buffers is None:
+        return pickle.dumps([_sendable(result) for result in results])
+    data = pickle.dumps(
+        [_sendable_out_of_band(result) for result in results],
+        PROTOCOL,
+        buffer_callback=_OutOfBand(buffers),
+    )
+    return _pickle_out_of_band(data, buffers)
+
+
+def _sendable_out_of_band(result: Any) -> Any:
+    """:func:`_sendable`, its large buffers ready to go out of band."""
+    if type(result) is tuple:
+        work_id, status, value = result
+        if status != FAILED and (
+            type(value) is bytes or type(value) is bytearray or type(value) is memoryview
+        ):
+            if type(value) is memoryview:
+                # Its shape may not load (see _as_memoryview): on its own.
+                return _pickled_result(work_id, status, _Buffer(value), out_of_band=True)
+            if len(value) >= OUT_OF_BAND_BYTES:
+                return (work_id, status, _Buffer(value))
+        elif status != FAILED and type(value) not in _PLAIN:
+            return _pickled_result(work_id, status, value, out_of_band=True)
+    return _sendable(result)
 
 
 def _sendable(result: Any) -> Any:
@@ -349,44 +571,63 @@ def _sendable(result: Any) -> Any:
         return (work_id, FAILED, _ExceptionWithTraceback(value))
     if type(value) in _PLAIN:
         return result
+    return _pickled_result(work_id, status, value)
+
+
+def _pickled_result(work_id: int, status: int, value: Any, *, out_of_band: bool = False) -> Any:
+    """The result, pickled on its own (see :class:`_PickledResult`); with
+    ``out_of_band``, its buffers, and the pickle itself when large, are left
+    for the batch's pickle to send out of band."""
+    buffers: list[Any] = []
+    collect = _collect_all(buffers) if out_of_band else None
     # Whatever a result's __reduce__ raises, even beyond an Exception, fails
     # that work alone: no signal reaches a worker's pickling (a process
     # worker ignores SIGINT, a thread worker is not the main thread).
     try:
         try:
-            data = pickle.dumps(value)
+            data: Any = pickle.dumps(value, PROTOCOL, buffer_callback=collect)
         except BaseException:
-            data = _cloudpickle(value)
+            buffers.clear()
+            data = _cloudpickle(value, None, collect)
     except BaseException as exc:
+        kind = type(value.value if type(value) is _Buffer else value)
         error = pickle.PicklingError(
-            f"cannot send the result back from the worker: a {type(value).__name__} object "
+            f"cannot send the result back from the worker: a {kind.__name__} object "
             f"could not be pickled ({_describe(exc)})"
         )
         error.__cause__ = exc
         return (work_id, FAILED, _ExceptionWithTraceback(error))
-    return _PickledResult(work_id, status, data)
+    if out_of_band and len(data) >= OUT_OF_BAND_BYTES:
+        data = pickle.PickleBuffer(data)
+    return _PickledResult(work_id, status, data, tuple(buffers))
 
 
 class _PickledResult:
     """A result whose value is pickled on its own: loads as the result, or
-    as that work's failure to load (:func:`load_result`)."""
+    as that work's failure to load (:func:`load_result`). Its buffers, if
+    its pickle left them out, are pickled with the batch, as buffers too."""
 
-    __slots__ = ("work_id", "status", "data")
+    __slots__ = ("work_id", "status", "data", "buffers")
 
-    def __init__(self, work_id: int, status: int, data: bytes):
+    def __init__(self, work_id: int, status: int, data: Any, buffers: tuple[Any, ...] = ()):
         self.work_id = work_id
         self.status = status
         self.data = data
+        self.buffers = buffers
 
     def __reduce__(self) -> tuple[Callable[..., Any], tuple[Any, ...]]:
+        if self.buffers:
+            return load_result, (self.work_id, self.status, self.data, self.buffers)
         return load_result, (self.work_id, self.status, self.data)
 
 
-def load_result(work_id: int, status: int, data: bytes) -> tuple[int, int, Any]:
+def load_result(
+    work_id: int, status: int, data: Any, buffers: tuple[Any, ...] | None = None
+) -> tuple[int, int, Any]:
     """Load a result's value (in the parent); if it cannot be, the result
     says so, for the dispatcher to fail that work alone."""
     try:
-        return work_id, status, pickle.loads(data)
+        return work_id, status, pickle.loads(data, buffers=buffers)
     except Exception as exc:
         return work_id, NOT_LOADED, load_failure("result", exc)
 
@@ -443,8 +684,10 @@ def _remote_error(
     )
 
 
-def loads(data: bytes) -> Any:
-    return pickle.loads(data)
+def loads(data: bytes | memoryview, buffers: list[Any] | None = None) -> Any:
+    """Load what :func:`dumps` or its kin pickled; ``buffers`` are those it
+    left out of band, as :func:`~aplex._worker.wire.receive` read them."""
+    return pickle.loads(data, buffers=buffers or None)
 
 
 class Pickled(NamedTuple):

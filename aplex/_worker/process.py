@@ -29,6 +29,7 @@ import sniffio
 from .messages import BATCH_BYTES, NOT_LOADED, CancelItem, StopItem, WorkerFailure
 from .pickling import dumps_reload, dumps_results, load_failure, loads, loads_initargs, work_ids
 from .serve import serve
+from .wire import OUT_OF_BAND, receive, send
 
 # Allocations between young collections in a worker process (Python's
 # default is 700): higher means fewer collections, and more cyclic garbage
@@ -66,12 +67,13 @@ class _PipeEndpoint:
         items: list[Any] = []
         size = 0
         while True:
-            data = connection.recv_bytes()
-            size += len(data)
+            data, buffers = receive(connection)
+            size += len(data) + sum(map(len, buffers))
             try:
-                items += loads(data)
+                items += loads(data, buffers)
             except Exception as exc:
                 self._not_loaded(data, exc)
+            del buffers  # owned by the works now, or garbage
             # The works read run before more is read: large ones start
             # while the next come (see BATCH_BYTES).
             if size >= BATCH_BYTES or not connection.poll():
@@ -80,7 +82,7 @@ class _PipeEndpoint:
             items = self._hold_back(items)
         return items
 
-    def _not_loaded(self, data: bytes, exc: Exception) -> None:
+    def _not_loaded(self, data: bytes | memoryview, exc: Exception) -> None:
         ids = work_ids(data)
         if not ids:
             raise exc  # control items of aplex's own: a fault, which ends the worker
@@ -105,7 +107,8 @@ class _PipeEndpoint:
         return passed
 
     def send(self, results: list[Any]) -> None:
-        self._connection.send_bytes(dumps_results(results))
+        buffers: list[Any] | None = [] if OUT_OF_BAND else None
+        send(self._connection, dumps_results(results, buffers), buffers or ())
 
 
 def tune_collector() -> None:
