@@ -60,6 +60,13 @@ class _PipeEndpoint:
         self.blocked = blocked
         self._reloading: set[int] = set()  # works asked for again
         self._held: list[Any] = []  # control items held back meanwhile
+        # Asked after every message whether another has come: the
+        # connection's own poll() makes, fills and closes a selector each
+        # time, which cost a round trip about what reading the message did.
+        self._poller: Any = None
+        if hasattr(select, "poll"):
+            self._poller = select.poll()
+            self._poller.register(self._fileno, select.POLLIN)
 
     async def receive(self) -> list[Any]:
         await anyio.wait_readable(self._fileno)
@@ -76,11 +83,18 @@ class _PipeEndpoint:
             del buffers  # owned by the works now, or garbage
             # The works read run before more is read: large ones start
             # while the next come (see BATCH_BYTES).
-            if size >= BATCH_BYTES or not connection.poll():
+            if size >= BATCH_BYTES or not self._more():
                 break
         if self._reloading or self._held:
             items = self._hold_back(items)
         return items
+
+    def _more(self) -> bool:
+        """Whether the pipe has more to read now (or has ended: the read
+        then says so)."""
+        if self._poller is None:
+            return bool(self._connection.poll())
+        return bool(self._poller.poll(0))
 
     def _not_loaded(self, data: bytes | memoryview, exc: Exception) -> None:
         ids = work_ids(data)
