@@ -46,6 +46,7 @@ from ._worker.messages import (
     ABORT,
     BATCH_BYTES,
     KILL,
+    OUT_OF_BAND_BYTES,
     RELOAD,
     RESTART,
     CancelItem,
@@ -551,7 +552,7 @@ class _ProcessLink:
         alone = self._alone
         for item in [*items, None]:
             if item is None or type(item) is _Pickled:
-                self._send_batch(works, controls)
+                self._send_batch(works, controls, size)
                 works, controls, size = [], [], 0
                 if item is not None:
                     send(self._connection, item.data, item.buffers)
@@ -564,13 +565,18 @@ class _ProcessLink:
                 works.append(item)
                 size += work_size_hint(item)
                 if size >= BATCH_BYTES:
-                    self._send_batch(works, [])
+                    self._send_batch(works, [], size)
                     works, size = [], 0
 
-    def _send_batch(self, works: list[Any], controls: list[Any]) -> None:
+    def _send_batch(
+        self, works: list[Any], controls: list[Any], size: int = OUT_OF_BAND_BYTES
+    ) -> None:
+        """Send ``works`` (``size`` as :func:`work_size_hint` adds it up), then
+        ``controls``."""
         if works:
             buffers: list[Any] | None = [] if OUT_OF_BAND else None
-            data, failed = dumps_works(works, buffers=buffers)
+            large = size >= OUT_OF_BAND_BYTES
+            data, failed = dumps_works(works, buffers=buffers, large=large)
             if failed:
                 with self._lock:
                     self._in_flight -= len(failed)

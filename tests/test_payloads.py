@@ -21,10 +21,12 @@ import pytest
 
 import aplex
 from aplex._worker import pickling, wire
+from aplex._worker.messages import OUT_OF_BAND_BYTES
 from tests import works
+from tests.support import wait_until
 from tests.test_process_failures import TIMEOUT, assert_serves
 
-LARGE = pickling.OUT_OF_BAND_BYTES
+LARGE = OUT_OF_BAND_BYTES
 METHODS = ["forkserver", "spawn"]
 
 
@@ -74,14 +76,39 @@ def test_many_large_buffers_batched_together_each_reach_their_own_work(tmp_path)
     values = [os.urandom(LARGE + i * 4099) for i in range(40)]
     with aplex.ProcessAsyncPoolExecutor(pool_size=1) as executor:
         blocker = executor.submit(works.plain_until_file, str(started), str(release), "blocker")
-        while not started.exists():
-            pass
+        wait_until(started.exists)
         futures = [executor.submit(works.identity, value) for value in values]
         chunked = executor.map(works.buffer_facts, values, chunksize=6)
         release.touch()
         assert blocker.result(TIMEOUT) == "blocker"
         assert [future.result(TIMEOUT) for future in futures] == values
         assert list(chunked) == [facts(value) for value in values]
+
+
+def test_small_memoryviews_batched_with_tiny_works_arrive_intact(tmp_path):
+    """Guards the feeder's shortcut: a batch it knows holds no large buffer
+    is pickled without a look at each work's arguments, and a memoryview,
+    which only goes out of band, must still be seen whatever its size."""
+    started, release = tmp_path / "started", tmp_path / "release"
+    values = [memoryview(bytes([i]) * (i + 1)) if i % 3 == 0 else i for i in range(30)]
+    with aplex.ProcessAsyncPoolExecutor(pool_size=1) as executor:
+        blocker = executor.submit(works.plain_until_file, str(started), str(release), "blocker")
+        wait_until(started.exists)
+        futures = [
+            executor.submit(works.buffer_facts, value)
+            for value in values
+            if not isinstance(value, int)
+        ]
+        tiny = [
+            executor.submit(works.identity, value) for value in values if isinstance(value, int)
+        ]
+        release.touch()
+        assert blocker.result(TIMEOUT) == "blocker"
+        views = [value for value in values if not isinstance(value, int)]
+        assert [future.result(TIMEOUT) for future in futures] == [facts(view) for view in views]
+        assert [future.result(TIMEOUT) for future in tiny] == [
+            v for v in values if isinstance(v, int)
+        ]
 
 
 def test_a_large_buffer_argument_of_a_work_that_cannot_load_fails_that_work_alone(tmp_path):
@@ -93,8 +120,7 @@ def test_a_large_buffer_argument_of_a_work_that_cannot_load_fails_that_work_alon
     values = [os.urandom(LARGE * 2 + i) for i in range(12)]
     with aplex.ProcessAsyncPoolExecutor(pool_size=1) as executor:
         blocker = executor.submit(works.plain_until_file, str(started), str(release), "blocker")
-        while not started.exists():
-            pass
+        wait_until(started.exists)
         futures = [executor.submit(works.buffer_facts, value) for value in values]
         bad = executor.submit(works.add, os.urandom(LARGE * 3), works.LoadsOnlyIn(os.getpid()))
         # Text: the pickle is large itself, and goes out of band whole.
@@ -126,8 +152,7 @@ def test_large_text_and_lists_arrive_intact_both_ways(tmp_path):
             assert executor.submit(works.identity, value).result(TIMEOUT) == value
         # Queued together: one batch for several of them.
         blocker = executor.submit(works.plain_until_file, str(started), str(release), "blocker")
-        while not started.exists():
-            pass
+        wait_until(started.exists)
         futures = [executor.submit(works.identity, value) for value in values * 3]
         release.touch()
         assert blocker.result(TIMEOUT) == "blocker"

@@ -87,6 +87,11 @@ KILL = KillItem()
 #: never come near it, and keep their batches of thousands.
 BATCH_BYTES = 256 * 1024
 
+#: The smallest buffer that travels out of band (see :mod:`.wire`): below
+#: it, copying it into the pickle costs less than writing and reading it on
+#: its own.
+OUT_OF_BAND_BYTES = 64 * 1024
+
 
 # Types whose values add little to a message, told apart at a glance.
 _SMALL = frozenset({int, float, bool, type(None), tuple, list, dict})
@@ -101,6 +106,10 @@ def size_hint(value: Any) -> int:
         return len(value)
     if kind in _SMALL:
         return 0
+    if kind is memoryview:
+        # Goes out of band whatever its size (the standard pickle takes no
+        # memoryview): counted as large enough for its batch to be looked at.
+        return max(int(value.nbytes), OUT_OF_BAND_BYTES)
     nbytes = getattr(value, "nbytes", 0)
     return nbytes if type(nbytes) is int else 0
 

@@ -62,6 +62,7 @@ from .._exceptions import RemoteError, RemoteTraceback, describe
 from .messages import (
     FAILED,
     NOT_LOADED,
+    OUT_OF_BAND_BYTES,
     CancelItem,
     LoadFailure,
     Ready,
@@ -74,10 +75,6 @@ from .messages import (
 )
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
-
-#: The smallest buffer that travels out of band: below it, copying it into
-#: the pickle costs less than writing and reading it on its own.
-OUT_OF_BAND_BYTES = 64 * 1024
 
 
 _CONTROLS = (CancelItem, StopItem)
@@ -163,7 +160,11 @@ def _drop_tracebacks(exc: BaseException) -> None:
 
 
 def dumps_works(
-    items: list[Any], *, main: bool | None = None, buffers: list[Any] | None = None
+    items: list[Any],
+    *,
+    main: bool | None = None,
+    buffers: list[Any] | None = None,
+    large: bool = True,
 ) -> tuple[bytes | None, list[ResultItem]]:
     """Pickle a batch of works for a worker, on a thread that no signal
     reaches (the feeder): whatever a ``__reduce__`` raises, even beyond an
@@ -175,13 +176,16 @@ def dumps_works(
             :func:`dumps`).
         buffers: Where to put the buffers that go out of band (see
             :func:`dumps`); None to keep them in band.
+        large: Whether an argument may be a large buffer, as far as
+            :func:`~.messages.work_size_hint` tells (see
+            :func:`dumps_works_or_none`).
 
     Returns:
         The pickled batch (None if no work could be pickled), and a failed
         result for each work that could not be (left out of the batch).
     """
     try:
-        data = dumps_works_or_none(items, main=main, buffers=buffers)
+        data = dumps_works_or_none(items, main=main, buffers=buffers, large=large)
     except BaseException:  # tried again item by item, below
         data = None
     if data is not None:
@@ -210,19 +214,27 @@ def dumps_works(
 
 
 def dumps_works_or_none(
-    items: list[Any], *, main: bool | None = None, buffers: list[Any] | None = None
+    items: list[Any],
+    *,
+    main: bool | None = None,
+    buffers: list[Any] | None = None,
+    large: bool = True,
 ) -> bytes | None:
     """Pickle a batch for a worker: of works, or of control items; None if
     some item cannot be pickled, or if the batch holds both (see the module
     doc: a control item must not be lost with a work that fails to load).
-    With ``buffers``, large buffers go there, out of band (see :func:`dumps`)."""
+    With ``buffers``, large buffers go there, out of band (see :func:`dumps`):
+    a NumPy array wherever it is; a bytes, bytearray or memoryview argument
+    only if ``large``. The feeder knows from the batch's size hint that none
+    is (see :func:`~.messages.work_size_hint`), which spares it a look at each
+    work's arguments that cost as much as pickling a tiny work."""
     if len(items) == 1:
         ids = [] if isinstance(items[0], _CONTROLS) else [items[0].work_id]
     else:
         ids = [item.work_id for item in items if not isinstance(item, _CONTROLS)]
         if ids and len(ids) != len(items):
             return None
-    if buffers is not None and ids:
+    if buffers is not None and ids and large:
         items = [_with_buffers(item) for item in items]
     try:
         return _with_ids(dumps(items, main=main, buffers=buffers), ids)
@@ -528,6 +540,8 @@ def _work_pickling_error(
 # wherever aplex does. Any other is pickled on its own (one more pickle call
 # and copy), so that it alone fails if the parent cannot load it.
 _PLAIN = frozenset({type(None), bool, int, float, complex, str, bytes, bytearray})
+# None of them a buffer; and a failed work's value is an exception, never one.
+_SCALARS = _PLAIN - {bytes, bytearray}
 
 
 def dumps_results(results: list[Any], buffers: list[Any] | None = None) -> bytes:
@@ -546,6 +560,8 @@ def dumps_results(results: list[Any], buffers: list[Any] | None = None) -> bytes
 
 def _sendable_out_of_band(result: Any) -> Any:
     """:func:`_sendable`, its large buffers ready to go out of band."""
+    if type(result) is tuple and type(result[2]) in _SCALARS:
+        return result  # most results (a number, a short text, None), at once
     if type(result) is tuple:
         work_id, status, value = result
         if status != FAILED and (
