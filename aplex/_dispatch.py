@@ -571,9 +571,7 @@ class Dispatcher:
                             work.end()  # counted, and settled, when cancelled
                             continue
                         assert work.worker is not None
-                        self._failed += 1
-                        error = AplexWorkerError(f"worker {work.worker.name} was {how}")
-                        self._to_settle.append((work.end(), FAILED, error))
+                        self._fail(work, AplexWorkerError(f"worker {work.worker.name} was {how}"))
                     self._forget_works()
                     self._outbox.clear()
                     self._stop_sent = True
@@ -803,8 +801,7 @@ class Dispatcher:
                 work.state = _WAITING
                 requeued.append(work)
             else:
-                self._failed += 1
-                self._to_settle.append((work.end(), FAILED, died))
+                self._fail(work, died)
         if self._workloads[worker] == self._limit:
             self._full_workers -= 1
         self._workloads[worker] = 0
@@ -814,8 +811,7 @@ class Dispatcher:
             # Nothing more comes, and the other workers have been told to
             # stop: there is no worker left to run them.
             for work in requeued:
-                self._failed += 1
-                self._to_settle.append((work.end(), FAILED, died))
+                self._fail(work, died)
             return
         self._waiting.extendleft(reversed(requeued))
         # The items decided for the dead worker go before the marker (to be
@@ -856,10 +852,10 @@ class Dispatcher:
                 keep(exc)
             error = self._balancer_fault(f"raised {describe(exc)} while choosing a worker")
             error.__cause__ = exc
-            return self._reject(work, error)
+            return self._fail(work, error)
         load = self._workloads.get(worker) if isinstance(worker, Worker) else None
         if load is None:
-            return self._reject(
+            return self._fail(
                 work,
                 self._balancer_fault(
                     f"returned {describe(worker)}, which is not a worker of this pool"
@@ -870,7 +866,7 @@ class Dispatcher:
         if self._limit is not None and load >= self._limit:
             if worker.index in self._retiring:
                 return False  # it waits for the worker's replacement
-            return self._reject(
+            return self._fail(
                 work,
                 self._balancer_fault(
                     f"returned {worker.name}, which is full "
@@ -905,10 +901,11 @@ class Dispatcher:
     def _balancer_fault(self, what: str) -> RuntimeError:
         return RuntimeError(f"load balancer {type(self._balancer).__name__} {what}")
 
-    def _reject(self, work: _Work, error: Exception) -> bool:
-        future = work.end()
+    def _fail(self, work: _Work, error: Exception) -> bool:
+        """End ``work`` failed with ``error`` (settled once the lock is
+        released); True, for :meth:`_place`, which has then dealt with it."""
         self._failed += 1
-        self._to_settle.append((future, FAILED, error))
+        self._to_settle.append((work.end(), FAILED, error))
         return True
 
     def _dispatch_waiting(self) -> None:
