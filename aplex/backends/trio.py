@@ -271,15 +271,11 @@ class ThreadAsyncPoolExecutor(_TrioExecutor):
             coroutine function is awaited on the worker's loop. If it raises,
             the executor is broken.
         initargs: The initializer's arguments.
-        on_worker_death: ``"break"`` (the default): a worker's death (a
-            BaseException escaping a work) breaks the executor.
-            ``"replace"``: only the works on that worker fail, with
-            :class:`~aplex.WorkerDiedError`, and a new worker takes its place.
-        max_works_per_child: Process executors only (a thread has no memory
-            of its own to give back by exiting): anything but None raises
-            ValueError.
-        kill_on_cancel: Process executors only (a thread cannot be
-            killed): True raises ValueError.
+        on_worker_death: As for :class:`aplex.ThreadAsyncPoolExecutor`:
+            ``"break"`` (the default) or ``"replace"``.
+        max_works_per_child: Process executors only: anything but None
+            raises ValueError.
+        kill_on_cancel: Process executors only: True raises ValueError.
 
     Raises:
         ValueError: A size below 1, ``max_works_per_child`` or
@@ -339,22 +335,12 @@ class ProcessAsyncPoolExecutor(ProcessWorkersControl, _TrioExecutor):
         initargs: The initializer's arguments.
         on_worker_death: As for :class:`ThreadAsyncPoolExecutor`; a process
             also dies when it is killed or exits.
-        max_works_per_child: A worker that has been sent this many works
-            takes no more, exits once they have ended, and a new worker
-            (new process, initializer run again) takes its place: memory a
-            work leaked goes with it. A ``map`` chunk counts as one work.
-            None, the default, keeps each worker for the pool's life. A
-            recycled worker is no death: nothing fails, whatever
-            ``on_worker_death`` says (see ``statistics().recycled``).
-        kill_on_cancel: Cancelling a plain function sent to a worker
-            (``future.cancel()``, cancelling the task that awaits it or
-            ``run()``, ``asyncio.wait_for``, ``asyncio.timeout``, trio's
-            ``move_on_after``) kills that worker (SIGKILL) and starts
-            another in its place, whatever ``on_worker_death`` says:
-            ``cancel()`` returns True and the future ends cancelled. The
-            other works sent to that worker fail with
-            :class:`~aplex.WorkerDiedError`; works waiting in the executor go
-            on. Coroutine works are cancelled as ever, without killing.
+        max_works_per_child: As for :class:`aplex.ProcessAsyncPoolExecutor`:
+            a worker sent this many works is replaced once they have ended.
+        kill_on_cancel: As for :class:`aplex.ProcessAsyncPoolExecutor`:
+            cancelling a plain function sent to a worker (a cancelled scope
+            around ``run()``, e.g. ``trio.move_on_after``) kills and
+            replaces that worker.
         mp_context: A :mod:`multiprocessing` start method name or context.
             The default is ``"forkserver"`` where there is one, else
             ``"spawn"``: neither forks a parent that runs threads.
