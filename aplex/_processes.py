@@ -327,20 +327,20 @@ class ProcessWorkers:
         self._on_exit(index, error)
         return False
 
+    def _last_links(self) -> list[_ProcessLink]:
+        """Start no worker from now on; return the links to stop."""
+        with self._lock:
+            self._no_restarts = True
+            return list(self._links)
+
     def abort(self) -> None:
         # SIGKILL, not SIGTERM: a work may have replaced the SIGTERM handler,
         # and a broken pool owes its running works nothing.
-        with self._lock:
-            self._no_restarts = True
-            links = list(self._links)
-        for link in links:
+        for link in self._last_links():
             _kill(link.process)
 
     def stop_now(self, busy: Collection[int]) -> None:
-        with self._lock:
-            self._no_restarts = True
-            links = list(self._links)
-        for link in links:
+        for link in self._last_links():
             if link.index in busy:
                 _kill(link.process)  # its plain function would not let it answer
             else:
@@ -350,10 +350,7 @@ class ProcessWorkers:
         self.abort()
 
     def signal_all(self, *, kill: bool) -> None:
-        with self._lock:
-            self._no_restarts = True
-            links = list(self._links)
-        for link in links:
+        for link in self._last_links():
             if kill:
                 _kill(link.process)
             else:

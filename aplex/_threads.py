@@ -159,23 +159,24 @@ class ThreadWorkers:
                 return
         self._channels[index].put(items)
 
+    def _last_workers(self) -> tuple[list[ThreadChannel], list[threading.Thread]]:
+        """Start no worker from now on; return the channels and threads to stop."""
+        with self._lock:
+            self._no_restarts = True
+            return list(self._channels), list(self._threads)
+
     def abort(self) -> None:
         # A thread cannot be killed: its coroutine works are cancelled, and a
         # running plain function is left to return.
-        with self._lock:
-            self._no_restarts = True
-            channels = list(self._channels)
+        channels, _ = self._last_workers()
         for channel in channels:
             channel.put([ABORT])
 
     def stop_now(self, busy: Collection[int]) -> None:
-        with self._lock:
-            self._no_restarts = True
-            channels = list(self._channels)
-            threads = [self._threads[index] for index in busy]
+        channels, threads = self._last_workers()
         for channel in channels:
             channel.stop_now()
-        self._leave(threads)
+        self._leave([threads[index] for index in busy])
 
     def kill_remaining(self) -> None:
         # Threads cannot be killed: those still running are left behind.
