@@ -45,14 +45,13 @@ from ._interrupts import INTERRUPTED, interruptible
 from ._worker.messages import (
     ABORT,
     BATCH_BYTES,
+    CONTROLS,
     KILL,
     OUT_OF_BAND_BYTES,
     RELOAD,
     RESTART,
-    CancelItem,
     Ready,
     ReloadRequest,
-    StopItem,
     TasksStarted,
     WorkItem,
     work_size_hint,
@@ -80,8 +79,6 @@ _ENDS_NO_WORK = (TasksStarted, Ready)
 # pipe's buffer, so that the write cannot block even if the worker were
 # slow to read. Larger batches go through the feeder thread.
 _DIRECT_WRITE_MAX = 16 * 1024
-
-_CONTROLS = (CancelItem, StopItem)
 
 
 class _Pickled(NamedTuple):
@@ -553,7 +550,7 @@ class _ProcessLink:
                 works, controls, size = [], [], 0
                 if item is not None:
                     send(self._connection, item.data, item.buffers)
-            elif isinstance(item, _CONTROLS):
+            elif isinstance(item, CONTROLS):
                 controls.append(item)
             elif alone and item.work_id in alone:
                 alone.discard(item.work_id)

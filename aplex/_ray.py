@@ -38,15 +38,12 @@ from typing import Any
 
 from ._dispatch import OnExit, OnResults
 from ._exceptions import RemoteTraceback
-from ._worker.messages import KILL, RESTART, CancelItem, StopItem
+from ._worker.messages import CONTROLS, KILL, RESTART
 from ._worker.pickling import dumps, dumps_controls, dumps_works, loads
 from ._worker.ray_actor import RayWorker
 from .backends import Backend
 
 INSTALL = 'pip install "aplex[ray]"'
-
-# What goes to an actor in a batch of its own, after the works.
-_CONTROLS = (CancelItem, StopItem)
 
 # Actor options aplex sets itself, and why a user's other value would break it.
 _ENFORCED = {
@@ -344,8 +341,8 @@ class RayWorkers:
         """Works and control items in batches of their own, the works first
         (see dumps_works_or_none): a control item is for a work sent before
         it, or the last word (stop)."""
-        works = [item for item in items if not isinstance(item, _CONTROLS)]
-        controls = [item for item in items if isinstance(item, _CONTROLS)]
+        works = [item for item in items if not isinstance(item, CONTROLS)]
+        controls = [item for item in items if isinstance(item, CONTROLS)]
         batches = []
         if works:
             data, failed = dumps_works(works, main=False)

@@ -58,6 +58,10 @@ class StopItem(NamedTuple):
 STOP = StopItem()
 ABORT = StopItem(cancel=True)
 
+#: The control items: sent in batches of their own, never with works (see
+#: pickling.dumps_works_or_none).
+CONTROLS = (CancelItem, StopItem)
+
 
 class RestartItem(NamedTuple):
     """Never sent to a worker: told to the parent's side of a worker, it

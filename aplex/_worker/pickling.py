@@ -60,15 +60,14 @@ from typing import Any, NamedTuple
 
 from .._exceptions import RemoteError, RemoteTraceback, describe
 from .messages import (
+    CONTROLS,
     FAILED,
     NOT_LOADED,
     OUT_OF_BAND_BYTES,
-    CancelItem,
     LoadFailure,
     Ready,
     ReloadRequest,
     ResultItem,
-    StopItem,
     TasksStarted,
     WorkerFailure,
     WorkItem,
@@ -77,7 +76,6 @@ from .messages import (
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 
 
-_CONTROLS = (CancelItem, StopItem)
 _COUNT = struct.Struct("<I")
 _ONE_ID = struct.Struct("<qI")  # a work id, then the count: 1
 
@@ -229,9 +227,9 @@ def dumps_works_or_none(
     is (see :func:`~.messages.work_size_hint`), which spares it a look at each
     work's arguments that cost as much as pickling a tiny work."""
     if len(items) == 1:
-        ids = [] if isinstance(items[0], _CONTROLS) else [items[0].work_id]
+        ids = [] if isinstance(items[0], CONTROLS) else [items[0].work_id]
     else:
-        ids = [item.work_id for item in items if not isinstance(item, _CONTROLS)]
+        ids = [item.work_id for item in items if not isinstance(item, CONTROLS)]
         if ids and len(ids) != len(items):
             return None
     if buffers is not None and ids and large:
@@ -404,7 +402,7 @@ def _with_buffers(item: Any) -> Any:
     """``item``, or for a work with large buffer arguments a copy of it in
     which they pickle as :class:`_Buffer` (the parent's record is left as
     it is)."""
-    if type(item) in _CONTROLS:
+    if type(item) in CONTROLS:
         return item
     args, kwargs = item.args, item.kwargs
     if not kwargs and not item.chunk and _BUFFER_TYPES.isdisjoint(map(type, args)):
