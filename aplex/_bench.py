@@ -14,6 +14,7 @@ with every peer library, is ``python -m benchmarks.run`` in the repository.
 from __future__ import annotations
 
 import asyncio
+import compileall
 import concurrent.futures
 import datetime
 import json
@@ -175,6 +176,11 @@ def _run_system(system: str, quick: bool) -> Iterator[tuple[str, float | None]]:
 
 def run(rounds: int, quick: bool, progress: Callable[[str], None]) -> str:
     """Run the benchmark and return its Markdown table."""
+    # The bytecode an installed package has: the standard library has its
+    # own, and aplex run from a checkout with PYTHONDONTWRITEBYTECODE (or
+    # installed editable) would otherwise be compiled from source in every
+    # process, its fork server included, as part of its start-up.
+    compileall.compile_dir(os.path.dirname(__file__), quiet=2)
     names = list(SYSTEMS)
     results: dict[str, dict[str, list[float]]] = {name: {} for name in names}
     steps = rounds * len(names) * len(WORKLOADS)
