@@ -60,6 +60,11 @@ class _PipeEndpoint:
         self.blocked = blocked
         self._reloading: set[int] = set()  # works asked for again
         self._held: list[Any] = []  # control items held back meanwhile
+        # How receive() waits for the pipe, decided on its first call (see
+        # _watch_natively); with asyncio's own reader, the future it sets.
+        self._natively: bool | None = None
+        self._loop: Any = None
+        self._waiter: Any = None
         # Asked after every message whether another has come: the
         # connection's own poll() makes, fills and closes a selector each
         # time, which cost a round trip about what reading the message did.
@@ -69,7 +74,7 @@ class _PipeEndpoint:
             self._poller.register(self._fileno, select.POLLIN)
 
     async def receive(self) -> list[Any]:
-        await anyio.wait_readable(self._fileno)
+        await self._wait_readable()
         connection = self._connection
         items: list[Any] = []
         size = 0
@@ -88,6 +93,50 @@ class _PipeEndpoint:
         if self._reloading or self._held:
             items = self._hold_back(items)
         return items
+
+    async def _wait_readable(self) -> None:
+        if self._natively is None:
+            self._natively = self._watch_natively()
+        if not self._natively:
+            await anyio.wait_readable(self._fileno)
+            return
+        while True:
+            self._waiter = self._loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+            # The reader may have fired for what the last receive() read
+            # (asyncio runs the callbacks a select found ready after the
+            # task it woke): a read now would block the loop.
+            if self._more():
+                return
+
+    def _watch_natively(self) -> bool:
+        """Have an asyncio loop watch the pipe for the worker's whole life.
+
+        ``anyio.wait_readable()`` adds the pipe to the loop's selector and
+        removes it again on every wait: on a one-work round trip, a third of
+        the worker's CPU time (170 against 115 µs a trip, p50 292 against
+        251 µs, 6 paired runs). The loop's reader calls :meth:`_wake` while
+        the pipe has something to read, which the worker reads at once.
+        """
+        if sniffio.current_async_library() != "asyncio":
+            return False
+        import asyncio  # here: a trio worker never loads it
+
+        loop = asyncio.get_running_loop()
+        try:
+            loop.add_reader(self._fileno, self._wake)
+        except NotImplementedError:  # a loop without readers (Windows' proactor)
+            return False
+        self._loop = loop
+        return True
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def _more(self) -> bool:
         """Whether the pipe has more to read now (or has ended: the read
