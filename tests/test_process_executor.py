@@ -170,6 +170,18 @@ def test_worker_loop_factory_uvloop():
         assert executor.submit(works.running_loop_module).result(TIMEOUT).startswith("uvloop")
 
 
+@pytest.mark.parametrize("loop_factory", [None, uvloop.new_event_loop], ids=["asyncio", "uvloop"])
+def test_a_worker_never_holds_its_loop_in_a_read(loop_factory):
+    # The worker's loop watches its pipe with one reader for its life, which
+    # may fire again for a batch already read: a worker that then read
+    # anyway would block its loop in the read, and a coroutine that only
+    # yields (no timer to wake the loop) would wait for the next message.
+    with aplex.ProcessAsyncPoolExecutor(pool_size=1, worker_loop_factory=loop_factory) as executor:
+        for round_ in range(20):
+            assert executor.submit(works.add, round_, 1).result(TIMEOUT) == round_ + 1
+            assert executor.submit(works.async_add, round_, y=2).result(TIMEOUT) == round_ + 2
+
+
 @pytest.mark.parametrize(
     ("initializer", "kind"),
     [(works.initialize, "plain"), (works.async_initialize, "coroutine")],
