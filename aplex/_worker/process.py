@@ -116,10 +116,10 @@ class _PipeEndpoint:
         """Have an asyncio loop watch the pipe for the worker's whole life.
 
         ``anyio.wait_readable()`` adds the pipe to the loop's selector and
-        removes it again on every wait: on a one-work round trip, a third of
-        the worker's CPU time (170 against 115 µs a trip, p50 292 against
-        251 µs, 6 paired runs). The loop's reader calls :meth:`_wake` while
-        the pipe has something to read, which the worker reads at once.
+        removes it again on every wait: on a one-work round trip, about a
+        quarter of the worker's CPU time (185 against 142 µs a trip, median
+        of 6 paired runs). The loop's reader calls :meth:`_wake` while the
+        pipe has something to read, which the worker reads at once.
         """
         if sniffio.current_async_library() != "asyncio":
             return False
