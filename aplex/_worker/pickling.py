@@ -558,10 +558,10 @@ def dumps_results(results: list[Any], buffers: list[Any] | None = None) -> bytes
 
 def _sendable_out_of_band(result: Any) -> Any:
     """:func:`_sendable`, its large buffers ready to go out of band."""
-    if type(result) is tuple and type(result[2]) in _SCALARS:
-        return result  # most results (a number, a short text, None), at once
     if type(result) is tuple:
         work_id, status, value = result
+        if type(value) in _SCALARS:
+            return result  # most results (a number, a short text, None), at once
         if status != FAILED and (
             type(value) is bytes or type(value) is bytearray or type(value) is memoryview
         ):
