@@ -32,7 +32,7 @@ from concurrent.futures._base import (
     RUNNING,
 )
 from functools import partial
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import anyio
 import anyio.lowlevel
@@ -47,6 +47,11 @@ __all__ = ["ConcurrentFuture", "AsyncioFuture", "TrioFuture", "as_completed"]
 
 
 _ENDED = (CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED)
+_CANCELLED = (CANCELLED, CANCELLED_AND_NOTIFIED)
+
+#: Orders the changes of state of every future that has no condition yet
+#: (see ConcurrentFuture._hold); held for a few lines at a time.
+_TRANSITIONS = threading.Lock()
 
 
 class ConcurrentFuture(concurrent.futures.Future[T]):
@@ -58,14 +63,13 @@ class ConcurrentFuture(concurrent.futures.Future[T]):
     """
 
     def __init__(self, cancel_interface: Callable[[ConcurrentFuture[Any]], bool] | None = None):
-        # concurrent.futures.Future.__init__, made by hand with a lighter
-        # condition (see _FutureCondition); a test checks that no field of
-        # Future's own is missing, should a Python version add one.
-        self._condition = _FutureCondition()
+        # concurrent.futures.Future.__init__, made by hand: its condition and
+        # its list of waiters are made on demand (see __getattr__); a test
+        # checks that no field of Future's own is missing, should a Python
+        # version add one.
         self._state = PENDING
         self._result = None
         self._exception = None
-        self._waiters: list[Any] = []
         # _done_callbacks: the class's empty tuple until a callback comes
         # (see add_done_callback).
         self._cancel_interface = cancel_interface
@@ -75,16 +79,128 @@ class ConcurrentFuture(concurrent.futures.Future[T]):
     # the garbage collector to walk while the futures are pending.
     _done_callbacks: list[Callable[[concurrent.futures.Future[T]], object]] = ()  # type: ignore[assignment]
 
+    if not TYPE_CHECKING:  # to the type checker, the fields Future declares
+
+        def __getattr__(self, name: str) -> Any:
+            # Only for a field not made yet (see _hold).
+            if name == "_condition":
+                with _TRANSITIONS:
+                    return self.__dict__.setdefault(name, _FutureCondition())
+            if name == "_waiters":  # only ever used under the condition
+                return self.__dict__.setdefault(name, [])
+            raise AttributeError(
+                f"{type(self).__name__!r} object has no attribute {name!r}", name=name, obj=self
+            )
+
+    def _hold(self) -> Any:
+        """Take the lock that orders this future's changes of state, and
+        return it (to release): the module's :data:`_TRANSITIONS` while the
+        future has no condition, its condition once it has one.
+
+        Most futures of a busy pool are never waited on: they end before
+        anyone asks, and a condition each (a lock, one more object for the
+        garbage collector to walk while the future is pending) costs them
+        more than their work. A condition is made when something waits, or
+        the standard library's own code asks for it, and it is made under
+        :data:`_TRANSITIONS`: a change of state made under that lock has
+        ended before anyone can wait, and one made after finds the condition
+        and takes it, as the standard library's methods do.
+        """
+        _TRANSITIONS.acquire()
+        condition = self.__dict__.get("_condition")
+        if condition is None:
+            return _TRANSITIONS
+        _TRANSITIONS.release()
+        condition.acquire()
+        return condition
+
+    def done(self) -> bool:
+        """As :meth:`concurrent.futures.Future.done`."""
+        return self._state in _ENDED
+
+    def cancelled(self) -> bool:
+        """As :meth:`concurrent.futures.Future.cancelled`."""
+        return self._state in _CANCELLED
+
+    def running(self) -> bool:
+        """As :meth:`concurrent.futures.Future.running`."""
+        return self._state == RUNNING
+
+    def result(self, timeout: float | None = None) -> T:
+        """As :meth:`concurrent.futures.Future.result`."""
+        if self._state == FINISHED and self._exception is None:
+            return self._result  # type: ignore[return-value]  # set before the state
+        return super().result(timeout)  # waits on the condition, or raises
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """As :meth:`concurrent.futures.Future.exception`."""
+        if self._state == FINISHED:
+            return self._exception
+        return super().exception(timeout)
+
+    def set_running_or_notify_cancel(self) -> bool:
+        """As :meth:`concurrent.futures.Future.set_running_or_notify_cancel`."""
+        lock = self._hold()
+        try:
+            if self._state == PENDING:
+                self._state = RUNNING
+                return True
+            if self._state == CANCELLED:
+                self._state = CANCELLED_AND_NOTIFIED
+                if lock is not _TRANSITIONS:
+                    for waiter in self._waiters:
+                        waiter.add_cancelled(self)
+                return False
+        finally:
+            lock.release()
+        LOGGER.critical("Future %s in unexpected state: %s", id(self), self._state)
+        raise RuntimeError("Future in unexpected state")
+
+    def set_result(self, result: T) -> None:
+        """As :meth:`concurrent.futures.Future.set_result`."""
+        self._finish(result, None, failed=False)
+
+    def set_exception(self, exception: BaseException | None) -> None:
+        """As :meth:`concurrent.futures.Future.set_exception`."""
+        self._finish(None, exception, failed=True)
+
+    def _finish(self, result: Any, exception: BaseException | None, *, failed: bool) -> None:
+        lock = self._hold()
+        ended = self._state in _ENDED
+        if not ended:
+            self._result = result
+            self._exception = exception
+            self._state = FINISHED
+            if lock is not _TRANSITIONS:
+                for waiter in self._waiters:
+                    if failed:
+                        waiter.add_exception(self)
+                    else:
+                        waiter.add_result(self)
+                lock.notify_all()
+        lock.release()
+        if ended:
+            # Made here, not under the lock as the standard library does:
+            # the repr takes the condition, which is no RLock here.
+            raise concurrent.futures.InvalidStateError(f"{self._state}: {self!r}")
+        self._invoke_callbacks()
+
     def add_done_callback(self, fn: Callable[[concurrent.futures.Future[T]], object]) -> None:
         """As :meth:`concurrent.futures.Future.add_done_callback`."""
-        with self._condition:
+        lock = self._hold()
+        try:
             if self._state not in _ENDED:
                 if self._done_callbacks:
                     self._done_callbacks.append(fn)
                 else:
                     self._done_callbacks = [fn]
                 return
-        super().add_done_callback(fn)  # ended: it calls fn now
+        finally:
+            lock.release()
+        try:  # ended: fn is called now, as the standard library does
+            fn(self)
+        except Exception:
+            LOGGER.exception("exception calling callback for %r", self)
 
     def cancel(self) -> bool:
         """Try to cancel the work.
@@ -108,14 +224,21 @@ class ConcurrentFuture(concurrent.futures.Future[T]):
         Returns:
             False if the future had already ended.
         """
-        with self._condition:
-            if self._state == RUNNING:
-                self._state = PENDING
-        if not super().cancel():
+        lock = self._hold()
+        ended = self._state in _ENDED
+        if not ended:
+            # Straight to the state that concurrent.futures.wait() and
+            # as_completed() are told of, as cancel() and then
+            # set_running_or_notify_cancel() would leave it.
+            self._state = CANCELLED_AND_NOTIFIED
+            if lock is not _TRANSITIONS:
+                for waiter in self._waiters:
+                    waiter.add_cancelled(self)
+                lock.notify_all()
+        lock.release()
+        if ended:
             return False
-        # Moves the state on to CANCELLED_AND_NOTIFIED, which is what wakes
-        # concurrent.futures.wait() and as_completed().
-        self.set_running_or_notify_cancel()
+        self._invoke_callbacks()
         return True
 
     def _invoke_callbacks(self) -> None:
@@ -154,8 +277,10 @@ class _FutureCondition(threading.Condition):
     third of its time. Same behaviour, methods on the class.
 
     The lock is a plain Lock, not the RLock ``Future`` uses by default:
-    ``Future`` never takes its condition twice in one thread (callbacks run
-    outside it), and with a plain lock Condition's own ``_release_save``,
+    ``Future`` takes its condition twice in one thread only to describe
+    itself in the error of a second ``set_result()``, which
+    :class:`ConcurrentFuture` makes outside it (callbacks run outside it
+    too), and with a plain lock Condition's own ``_release_save``,
     ``_acquire_restore`` and ``_is_owned`` serve as they are.
     """
 
