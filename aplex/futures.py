@@ -49,8 +49,17 @@ __all__ = ["ConcurrentFuture", "AsyncioFuture", "TrioFuture", "as_completed"]
 _ENDED = (CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED)
 _CANCELLED = (CANCELLED, CANCELLED_AND_NOTIFIED)
 
-#: Orders the changes of state of every future that has no condition yet
-#: (see ConcurrentFuture._hold); held for a few lines at a time.
+# Orders the changes of state of every ConcurrentFuture that has no
+# condition yet; held for a few lines at a time, always in a ``with``.
+#
+# Most futures of a busy pool are never waited on: they end before anyone
+# asks, and a condition each (a lock, one more object for the garbage
+# collector to walk while the future is pending) costs them more than their
+# work. A future's condition is made when something waits on it, or the
+# standard library's own code asks for it, and it is made under this lock:
+# a change of state made under it has ended before anyone can wait, and one
+# made after finds the condition and takes it instead, as the standard
+# library's methods do.
 _TRANSITIONS = threading.Lock()
 
 
@@ -82,7 +91,7 @@ class ConcurrentFuture(concurrent.futures.Future[T]):
     if not TYPE_CHECKING:  # to the type checker, the fields Future declares
 
         def __getattr__(self, name: str) -> Any:
-            # Only for a field not made yet (see _hold).
+            # Only for a field not made yet (see _TRANSITIONS).
             if name == "_condition":
                 with _TRANSITIONS:
                     return self.__dict__.setdefault(name, _FutureCondition())
@@ -91,28 +100,6 @@ class ConcurrentFuture(concurrent.futures.Future[T]):
             raise AttributeError(
                 f"{type(self).__name__!r} object has no attribute {name!r}", name=name, obj=self
             )
-
-    def _hold(self) -> Any:
-        """Take the lock that orders this future's changes of state, and
-        return it (to release): the module's :data:`_TRANSITIONS` while the
-        future has no condition, its condition once it has one.
-
-        Most futures of a busy pool are never waited on: they end before
-        anyone asks, and a condition each (a lock, one more object for the
-        garbage collector to walk while the future is pending) costs them
-        more than their work. A condition is made when something waits, or
-        the standard library's own code asks for it, and it is made under
-        :data:`_TRANSITIONS`: a change of state made under that lock has
-        ended before anyone can wait, and one made after finds the condition
-        and takes it, as the standard library's methods do.
-        """
-        _TRANSITIONS.acquire()
-        condition = self.__dict__.get("_condition")
-        if condition is None:
-            return _TRANSITIONS
-        _TRANSITIONS.release()
-        condition.acquire()
-        return condition
 
     def done(self) -> bool:
         """As :meth:`concurrent.futures.Future.done`."""
@@ -140,20 +127,21 @@ class ConcurrentFuture(concurrent.futures.Future[T]):
 
     def set_running_or_notify_cancel(self) -> bool:
         """As :meth:`concurrent.futures.Future.set_running_or_notify_cancel`."""
-        lock = self._hold()
-        try:
-            if self._state == PENDING:
-                self._state = RUNNING
-                return True
-            if self._state == CANCELLED:
-                self._state = CANCELLED_AND_NOTIFIED
-                if lock is not _TRANSITIONS:
-                    for waiter in self._waiters:
-                        waiter.add_cancelled(self)
-                return False
-        finally:
-            lock.release()
-        LOGGER.critical("Future %s in unexpected state: %s", id(self), self._state)
+        with _TRANSITIONS:
+            condition = self.__dict__.get("_condition")
+            if condition is None:
+                state = self._state
+                if state == PENDING:
+                    self._state = RUNNING
+                elif state == CANCELLED:
+                    self._state = CANCELLED_AND_NOTIFIED  # no waiter to tell
+        if condition is not None:
+            return super().set_running_or_notify_cancel()
+        if state == PENDING:
+            return True
+        if state == CANCELLED:
+            return False
+        LOGGER.critical("Future %s in unexpected state: %s", id(self), state)
         raise RuntimeError("Future in unexpected state")
 
     def set_result(self, result: T) -> None:
@@ -165,20 +153,27 @@ class ConcurrentFuture(concurrent.futures.Future[T]):
         self._finish(None, exception, failed=True)
 
     def _finish(self, result: Any, exception: BaseException | None, *, failed: bool) -> None:
-        lock = self._hold()
-        ended = self._state in _ENDED
-        if not ended:
-            self._result = result
-            self._exception = exception
-            self._state = FINISHED
-            if lock is not _TRANSITIONS:
-                for waiter in self._waiters:
-                    if failed:
-                        waiter.add_exception(self)
-                    else:
-                        waiter.add_result(self)
-                lock.notify_all()
-        lock.release()
+        with _TRANSITIONS:
+            condition = self.__dict__.get("_condition")
+            if condition is None:
+                ended = self._state in _ENDED
+                if not ended:
+                    self._result = result
+                    self._exception = exception
+                    self._state = FINISHED
+        if condition is not None:
+            with condition:
+                ended = self._state in _ENDED
+                if not ended:
+                    self._result = result
+                    self._exception = exception
+                    self._state = FINISHED
+                    for waiter in self._waiters:
+                        if failed:
+                            waiter.add_exception(self)
+                        else:
+                            waiter.add_result(self)
+                    condition.notify_all()
         if ended:
             # Made here, not under the lock as the standard library does:
             # the repr takes the condition, which is no RLock here.
@@ -187,20 +182,28 @@ class ConcurrentFuture(concurrent.futures.Future[T]):
 
     def add_done_callback(self, fn: Callable[[concurrent.futures.Future[T]], object]) -> None:
         """As :meth:`concurrent.futures.Future.add_done_callback`."""
-        lock = self._hold()
-        try:
-            if self._state not in _ENDED:
-                if self._done_callbacks:
-                    self._done_callbacks.append(fn)
-                else:
-                    self._done_callbacks = [fn]
-                return
-        finally:
-            lock.release()
+        with _TRANSITIONS:
+            condition = self.__dict__.get("_condition")
+            if condition is None:
+                added = self._add_callback(fn)
+        if condition is not None:
+            with condition:
+                added = self._add_callback(fn)
+        if added:
+            return
         try:  # ended: fn is called now, as the standard library does
             fn(self)
         except Exception:
             LOGGER.exception("exception calling callback for %r", self)
+
+    def _add_callback(self, fn: Callable[[concurrent.futures.Future[T]], object]) -> bool:
+        if self._state in _ENDED:
+            return False
+        if self._done_callbacks:
+            self._done_callbacks.append(fn)
+        else:
+            self._done_callbacks = [fn]
+        return True
 
     def cancel(self) -> bool:
         """Try to cancel the work.
@@ -224,18 +227,23 @@ class ConcurrentFuture(concurrent.futures.Future[T]):
         Returns:
             False if the future had already ended.
         """
-        lock = self._hold()
-        ended = self._state in _ENDED
-        if not ended:
-            # Straight to the state that concurrent.futures.wait() and
-            # as_completed() are told of, as cancel() and then
-            # set_running_or_notify_cancel() would leave it.
-            self._state = CANCELLED_AND_NOTIFIED
-            if lock is not _TRANSITIONS:
-                for waiter in self._waiters:
-                    waiter.add_cancelled(self)
-                lock.notify_all()
-        lock.release()
+        with _TRANSITIONS:
+            condition = self.__dict__.get("_condition")
+            if condition is None:
+                ended = self._state in _ENDED
+                if not ended:
+                    self._state = CANCELLED_AND_NOTIFIED  # no waiter to tell
+        if condition is not None:
+            with condition:
+                ended = self._state in _ENDED
+                if not ended:
+                    # Straight to the state that concurrent.futures.wait()
+                    # and as_completed() are told of, as cancel() and then
+                    # set_running_or_notify_cancel() would leave it.
+                    self._state = CANCELLED_AND_NOTIFIED
+                    for waiter in self._waiters:
+                        waiter.add_cancelled(self)
+                    condition.notify_all()
         if ended:
             return False
         self._invoke_callbacks()
