@@ -91,15 +91,20 @@ class ConcurrentFuture(concurrent.futures.Future[T]):
     if not TYPE_CHECKING:  # to the type checker, the fields Future declares
 
         def __getattr__(self, name: str) -> Any:
-            # Only for a field not made yet (see _TRANSITIONS).
+            # Only for a field not made yet (see _TRANSITIONS): the standard
+            # library's code asks for them.
             if name == "_condition":
-                with _TRANSITIONS:
-                    return self.__dict__.setdefault(name, _FutureCondition())
+                return self._make_condition()
             if name == "_waiters":  # only ever used under the condition
                 return self.__dict__.setdefault(name, [])
             raise AttributeError(
                 f"{type(self).__name__!r} object has no attribute {name!r}", name=name, obj=self
             )
+
+    def _make_condition(self) -> _FutureCondition:
+        with _TRANSITIONS:
+            condition: _FutureCondition = self.__dict__.setdefault("_condition", _FutureCondition())
+        return condition
 
     def done(self) -> bool:
         """As :meth:`concurrent.futures.Future.done`."""
@@ -117,6 +122,8 @@ class ConcurrentFuture(concurrent.futures.Future[T]):
         """As :meth:`concurrent.futures.Future.result`."""
         if self._state == FINISHED and self._exception is None:
             return self._result  # type: ignore[return-value]  # set before the state
+        if "_condition" not in self.__dict__:
+            self._make_condition()  # here, not through a failed attribute lookup
         return super().result(timeout)  # waits on the condition, or raises
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
@@ -168,7 +175,7 @@ class ConcurrentFuture(concurrent.futures.Future[T]):
                     self._result = result
                     self._exception = exception
                     self._state = FINISHED
-                    for waiter in self._waiters:
+                    for waiter in self.__dict__.get("_waiters", ()):
                         if failed:
                             waiter.add_exception(self)
                         else:
@@ -241,7 +248,7 @@ class ConcurrentFuture(concurrent.futures.Future[T]):
                     # and as_completed() are told of, as cancel() and then
                     # set_running_or_notify_cancel() would leave it.
                     self._state = CANCELLED_AND_NOTIFIED
-                    for waiter in self._waiters:
+                    for waiter in self.__dict__.get("_waiters", ()):
                         waiter.add_cancelled(self)
                     condition.notify_all()
         if ended:
