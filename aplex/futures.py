@@ -163,18 +163,11 @@ class ConcurrentFuture(concurrent.futures.Future[T]):
         with _TRANSITIONS:
             condition = self.__dict__.get("_condition")
             if condition is None:
-                ended = self._state in _ENDED
-                if not ended:
-                    self._result = result
-                    self._exception = exception
-                    self._state = FINISHED
+                ended = not self._end(FINISHED, result, exception)
         if condition is not None:
             with condition:
-                ended = self._state in _ENDED
+                ended = not self._end(FINISHED, result, exception)
                 if not ended:
-                    self._result = result
-                    self._exception = exception
-                    self._state = FINISHED
                     for waiter in self.__dict__.get("_waiters", ()):
                         if failed:
                             waiter.add_exception(self)
@@ -186,6 +179,17 @@ class ConcurrentFuture(concurrent.futures.Future[T]):
             # the repr takes the condition, which is no RLock here.
             raise concurrent.futures.InvalidStateError(f"{self._state}: {self!r}")
         self._invoke_callbacks()
+
+    def _end(self, state: str, result: Any, exception: BaseException | None) -> bool:
+        """End the future in ``state`` with this outcome, under the lock
+        that orders its changes; False, and nothing changed, if it had
+        ended already."""
+        if self._state in _ENDED:
+            return False
+        self._result = result
+        self._exception = exception
+        self._state = state
+        return True
 
     def add_done_callback(self, fn: Callable[[concurrent.futures.Future[T]], object]) -> None:
         """As :meth:`concurrent.futures.Future.add_done_callback`."""
@@ -234,20 +238,17 @@ class ConcurrentFuture(concurrent.futures.Future[T]):
         Returns:
             False if the future had already ended.
         """
+        # Straight to the state that concurrent.futures.wait() and
+        # as_completed() are told of, as cancel() and then
+        # set_running_or_notify_cancel() would leave it.
         with _TRANSITIONS:
             condition = self.__dict__.get("_condition")
             if condition is None:
-                ended = self._state in _ENDED
-                if not ended:
-                    self._state = CANCELLED_AND_NOTIFIED  # no waiter to tell
+                ended = not self._end(CANCELLED_AND_NOTIFIED, None, None)
         if condition is not None:
             with condition:
-                ended = self._state in _ENDED
+                ended = not self._end(CANCELLED_AND_NOTIFIED, None, None)
                 if not ended:
-                    # Straight to the state that concurrent.futures.wait()
-                    # and as_completed() are told of, as cancel() and then
-                    # set_running_or_notify_cancel() would leave it.
-                    self._state = CANCELLED_AND_NOTIFIED
                     for waiter in self.__dict__.get("_waiters", ()):
                         waiter.add_cancelled(self)
                     condition.notify_all()
