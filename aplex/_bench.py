@@ -86,20 +86,30 @@ async def sleep(seconds: float) -> None:
 # -- inside a child process: one system, every workload -----------------------------
 
 
-def _make_pool(system: str, *, uncapped: bool = False) -> Any:
+def _pool_class(system: str) -> Any:
+    """The system's executor class. Both packages load it on first use:
+    _child asks for it before any clock, as a program imports its libraries
+    once, at its start."""
     import aplex
 
-    # The sleep workload runs every coroutine at once: no cap per worker.
-    options: dict[str, Any] = {"max_works_per_worker": None} if uncapped else {}
     if system == "aplex-process":
-        return aplex.ProcessAsyncPoolExecutor(pool_size=POOL_SIZE, **options)
+        return aplex.ProcessAsyncPoolExecutor
     if system == "aplex-thread":
-        return aplex.ThreadAsyncPoolExecutor(pool_size=POOL_SIZE, **options)
+        return aplex.ThreadAsyncPoolExecutor
     if system == "cf-spawn":
-        return concurrent.futures.ProcessPoolExecutor(
-            POOL_SIZE, mp_context=multiprocessing.get_context("spawn")
-        )
-    return concurrent.futures.ThreadPoolExecutor(POOL_SIZE)
+        return concurrent.futures.ProcessPoolExecutor
+    return concurrent.futures.ThreadPoolExecutor
+
+
+def _make_pool(system: str, *, uncapped: bool = False) -> Any:
+    pool_class = _pool_class(system)
+    if system.startswith("aplex"):
+        # The sleep workload runs every coroutine at once: no cap per worker.
+        options: dict[str, Any] = {"max_works_per_worker": None} if uncapped else {}
+        return pool_class(pool_size=POOL_SIZE, **options)
+    if system == "cf-spawn":
+        return pool_class(POOL_SIZE, mp_context=multiprocessing.get_context("spawn"))
+    return pool_class(POOL_SIZE)
 
 
 def _measure(system: str, key: str, size: int) -> float | None:
@@ -140,6 +150,7 @@ def _measure(system: str, key: str, size: int) -> float | None:
 
 def _child(system: str, quick: bool) -> None:
     """Measure every workload on one system; one JSON line per workload."""
+    _pool_class(system)
     for workload in WORKLOADS:
         size = workload.quick_size if quick else workload.size
         value = _measure(system, workload.key, size)

@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
 
     systems = _pick(args.systems, SYSTEMS, parser)
     workloads = _pick(args.workloads, WORKLOADS, parser)
-    _compile_as_installed()
+    compile_as_installed()
     results: dict[str, dict[str, list[float]]] = {s: {} for s in systems}
     notes: dict[tuple[str, str], str] = {}
     started = time.monotonic()
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _compile_as_installed() -> None:
+def compile_as_installed() -> None:
     """Write the bytecode of aplex and of these benchmarks, as installing a
     package does: the peers come installed, compiled, and a checkout run with
     PYTHONDONTWRITEBYTECODE (or an editable install) would otherwise compile
@@ -186,6 +186,7 @@ def _child(system_name: str, workload_name: str, size: str) -> int:
         # parent's timeout: the parent shows the dump.
         faulthandler.dump_traceback_later(float(os.environ[_DUMP_AFTER]), exit=True)
     system = SYSTEMS[system_name]()
+    system.load()  # as a program does at its start, before any clock
     try:
         metrics = WORKLOADS[workload_name].run(system, int(size))
     except NotApplicable:

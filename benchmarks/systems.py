@@ -13,6 +13,7 @@ the system it measures.
 from __future__ import annotations
 
 import concurrent.futures
+import importlib
 import multiprocessing
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
@@ -27,7 +28,21 @@ class NotApplicable(Exception):
     """The system has no public API for this workload."""
 
 
-class SyncSystem:
+class System:
+    """What both families share: the modules a system is loaded from."""
+
+    #: The modules its API lives in (see load()).
+    modules: tuple[str, ...] = ()
+
+    def load(self) -> None:
+        """Import the system's modules. A program imports its libraries once,
+        at its start: each workload times the pool in a process that has
+        loaded them first (the ``import`` workload times the loading)."""
+        for name in self.modules:
+            importlib.import_module(name)
+
+
+class SyncSystem(System):
     """A pool with ``concurrent.futures``-style futures."""
 
     family = "sync"
@@ -49,7 +64,7 @@ class SyncSystem:
         pool.shutdown(wait=True)
 
 
-class AsyncSystem:
+class AsyncSystem(System):
     """A pool awaited from an event loop."""
 
     family = "async"
@@ -57,6 +72,14 @@ class AsyncSystem:
     backend = "asyncio"
     #: Whether it runs coroutine works (the sleep workloads).
     runs_coroutines = False
+
+    def load(self) -> None:
+        """Import the system's modules, and run an empty event loop once:
+        what a loop's first run imports is not the pool's either."""
+        import anyio
+
+        super().load()
+        anyio.run(_nothing, backend=self.backend)
 
     @asynccontextmanager
     async def open(self, *, concurrency: int | None = None) -> AsyncIterator[Any]:
@@ -81,6 +104,8 @@ class AsyncSystem:
 class AplexProcess(SyncSystem):
     label = "aplex process"
     sleep_work = staticmethod(works.asyncio_sleep)
+    # What the lazy package loads for its executors, on first use.
+    modules = ("aplex.backends.asyncio",)
 
     def make_pool(self, *, concurrency: int | None = None) -> Any:
         import aplex
@@ -106,6 +131,7 @@ class AplexRay(AplexProcess):
     """aplex's Ray executor: a local Ray instance, one actor per worker."""
 
     label = "aplex ray"
+    modules = ("aplex.backends.asyncio", "ray")
 
     def make_pool(self, *, concurrency: int | None = None) -> Any:
         import aplex
@@ -122,6 +148,7 @@ class AplexTrio(AsyncSystem):
     label = "aplex trio"
     backend = "trio"
     runs_coroutines = True
+    modules = ("aplex.backends.trio", "trio")
 
     @asynccontextmanager
     async def open(self, *, concurrency: int | None = None) -> AsyncIterator[Any]:
@@ -154,6 +181,7 @@ class StdlibProcess(SyncSystem):
     def __init__(self, method: str):
         self.method = method
         self.label = f"ProcessPool {method}"
+        self.modules = ("concurrent.futures.process",)
 
     def make_pool(self, *, concurrency: int | None = None) -> Any:
         return concurrent.futures.ProcessPoolExecutor(
@@ -164,6 +192,7 @@ class StdlibProcess(SyncSystem):
 class StdlibThread(SyncSystem):
     label = "ThreadPool"
     kind = "thread"
+    modules = ("concurrent.futures.thread",)
 
     def make_pool(self, *, concurrency: int | None = None) -> Any:
         return concurrent.futures.ThreadPoolExecutor(POOL_SIZE)
@@ -174,6 +203,7 @@ class StdlibThread(SyncSystem):
 
 class Loky(SyncSystem):
     label = "loky"
+    modules = ("loky",)
 
     def make_pool(self, *, concurrency: int | None = None) -> Any:
         import loky
@@ -184,6 +214,7 @@ class Loky(SyncSystem):
 
 class Pebble(SyncSystem):
     label = "pebble"
+    modules = ("pebble",)
 
     def make_pool(self, *, concurrency: int | None = None) -> Any:
         import pebble
@@ -206,6 +237,7 @@ class AioMultiprocess(AsyncSystem):
 
     label = "aiomultiprocess"
     runs_coroutines = True
+    modules = ("aiomultiprocess",)
 
     @asynccontextmanager
     async def open(self, *, concurrency: int | None = None) -> AsyncIterator[Any]:
@@ -230,6 +262,10 @@ class AioMultiprocess(AsyncSystem):
         await handle.map(works.asyncio_sleep, [seconds] * count)
 
 
+async def _nothing() -> None:
+    pass
+
+
 async def _aiter_awaited(awaitable: Any) -> AsyncIterator[Any]:
     for value in await awaitable:
         yield value
@@ -238,6 +274,7 @@ async def _aiter_awaited(awaitable: Any) -> AsyncIterator[Any]:
 class TrioParallel(AsyncSystem):
     label = "trio-parallel"
     backend = "trio"
+    modules = ("trio", "trio_parallel")
 
     @asynccontextmanager
     async def open(self, *, concurrency: int | None = None) -> AsyncIterator[Any]:
@@ -256,6 +293,7 @@ class AnyioProcess(AsyncSystem):
     """anyio.to_process: its worker processes live as long as the event loop."""
 
     label = "anyio.to_process"
+    modules = ("anyio", "anyio.to_process")
 
     @asynccontextmanager
     async def open(self, *, concurrency: int | None = None) -> AsyncIterator[Any]:
@@ -272,6 +310,7 @@ class AnyioProcess(AsyncSystem):
 class AnyioThread(AnyioProcess):
     label = "anyio.to_thread"
     kind = "thread"
+    modules = ("anyio", "anyio.to_thread")
 
     async def call(self, handle: Any, fn: Callable[..., Any], *args: Any) -> Any:
         import anyio.to_thread

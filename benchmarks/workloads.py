@@ -1,13 +1,18 @@
 """The workloads, written once for each family of system (see systems.py).
 
-Every workload but start-up first warms its pool with one work, so that it
-measures the steady state; start-up measures exactly that first work.
+Every workload runs in a process that has imported the system's modules
+first (see ``System.load``), as a program does at its start; ``import``
+times that import alone, in a fresh interpreter. Every workload but start-up
+first warms its pool with one work, so that it measures the steady state;
+start-up measures exactly that first work.
 """
 
 from __future__ import annotations
 
 import os
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,6 +44,25 @@ class Workload:
     size: int
     quick_size: int
     run: Callable[[SyncSystem | AsyncSystem, int], dict[str, float]]
+
+
+# -- either family ---------------------------------------------------------------
+
+
+def _import(system: SyncSystem | AsyncSystem, size: int) -> dict[str, float]:
+    """Import the system's modules in a fresh interpreter: what the other
+    workloads, each in a process that has loaded them, leave out."""
+    code = (
+        "import importlib, time\n"
+        "start = time.perf_counter()\n"
+        f"for name in {system.modules!r}:\n"
+        "    importlib.import_module(name)\n"
+        "print((time.perf_counter() - start) * 1e3)\n"
+    )
+    output = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=120
+    ).stdout
+    return {"import_ms": float(output)}
 
 
 # -- the workloads, sync family --------------------------------------------------
@@ -452,6 +476,13 @@ _sleeps = _by_family(_sync_sleeps, _async_sleeps)
 WORKLOADS: dict[str, Workload] = {
     w.name: w
     for w in [
+        Workload(
+            "import",
+            (Metric("import_ms", "import: the system's modules", "ms", False, 0),),
+            1,
+            1,
+            _import,
+        ),
         Workload(
             "startup",
             (Metric("startup_ms", "start-up: pool, 1 work, shutdown", "ms", False, 0),),
