@@ -24,6 +24,9 @@ each design sets, beside aplex's own round trip measured in the same run:
   the leader/follower design, which saves the reader thread's wake-up.
   Linux only.
 
+Then aplex's own round trip, and ``anyio.to_process``'s, whose p50 sets
+the suite's round-trip target (0.7 times it).
+
 It needs nothing but the standard library and aplex. Numbers are
 microseconds, p50 over the trips; lower is better.
 """
@@ -42,6 +45,7 @@ from collections.abc import Callable
 from typing import Any
 
 from benchmarks import works
+from benchmarks.floors import interleaved_medians, print_table
 
 
 def _serve_blocking(connection: Any) -> None:
@@ -172,6 +176,26 @@ def _aplex(count: int) -> float:
         return _trips(trip, count)
 
 
+def _anyio_to_process(count: int) -> float:
+    """The fastest peer on round trips in the suite's runs: its worker blocks
+    in a read, its caller awaits the answer on its own event loop."""
+    import anyio
+    import anyio.to_process
+
+    async def main() -> float:
+        limiter = anyio.CapacityLimiter(1)
+        for i in range(20):  # warm
+            await anyio.to_process.run_sync(works.identity, i, limiter=limiter)
+        times = []
+        for i in range(count):
+            start = time.perf_counter()
+            await anyio.to_process.run_sync(works.identity, i, limiter=limiter)
+            times.append(time.perf_counter() - start)
+        return statistics.median(times) * 1e6
+
+    return anyio.run(main)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trips", type=int, default=2000)
@@ -188,14 +212,8 @@ def main() -> None:
             _serve_on_loop, "standby", options.trips
         )
     designs["aplex ProcessAsyncPoolExecutor"] = lambda: _aplex(options.trips)
-    results: dict[str, list[float]] = {name: [] for name in designs}
-    for _ in range(options.rounds):  # interleaved, so drifts spread over all
-        for name, measure in designs.items():
-            results[name].append(measure())
-    print("| design | round trip p50 (µs) |")
-    print("| --- | --- |")
-    for name, values in results.items():
-        print(f"| {name} | {statistics.median(values):.0f} |")
+    designs["anyio.to_process (for the suite's target)"] = lambda: _anyio_to_process(options.trips)
+    print_table("round trip p50 (µs)", interleaved_medians(designs, options.rounds))
 
 
 if __name__ == "__main__":
