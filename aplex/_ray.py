@@ -247,8 +247,9 @@ class RayWorkers:
             actor_class.options(**actor_options, name=f"aplex-{name}-{token}").remote(setup, name)
             for name in names
         ]
-        # An actor's loop may be on another machine: the balancer is not told
-        # when a plain function blocks it, and sees every worker unblocked.
+        # An actor's loop may be on another machine: no flag says when a plain
+        # function runs on it; the balancer sees it blocked only while plain
+        # functions sent to it have not ended (counted by the dispatcher).
         self.blocked = memoryview(bytearray(len(names)))
         self._lock = threading.Lock()
         self._ready = threading.Condition(self._lock)

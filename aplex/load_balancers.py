@@ -60,9 +60,9 @@ class LoadBalancer(abc.ABC):
             owner keeps up to date: the executor, or a test.
         max_works_per_worker: The most works one worker may run at once;
             None for no limit.
-        blocked: Whether each worker's loop is running a plain function
-            right now (see :meth:`is_blocked`); a live view the executor
-            keeps. None: no worker is ever seen blocked.
+        blocked: Whether each worker's loop is held by a plain function,
+            running or sent to it (see :meth:`is_blocked`); a live view the
+            executor keeps. None: no worker is ever seen blocked.
     """
 
     def __init__(
@@ -109,12 +109,18 @@ class LoadBalancer(abc.ABC):
         return limit is None or self._workloads[worker] < limit
 
     def is_blocked(self, worker: Worker) -> bool:
-        """Return True while ``worker``'s loop is running a plain function.
+        """Return True while ``worker``'s loop is held by a plain function:
+        one running on it now, or sent to it and not ended yet.
 
         A plain function runs on its worker's loop thread and holds the whole
         loop until it returns: a work sent to that worker now, even a
-        coroutine work, waits for it. The shipped balancers prefer a worker
-        that is not blocked when one is available.
+        coroutine work, waits for it. A worker counts as blocked from the
+        moment a plain function is sent to it, so that the works placed
+        right after it, before it has started, see it too (a burst of plain
+        works is shared out, not piled on the worker whose first one has
+        not started yet). A plain function whose call turns out to return an
+        awaitable holds the loop no more once it runs as a task. The shipped
+        balancers prefer a worker that is not blocked when one is available.
         """
         return self._blocked[worker]
 

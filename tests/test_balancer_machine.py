@@ -38,7 +38,7 @@ from hypothesis.stateful import (
 
 from aplex import load_balancers
 from aplex._dispatch import Dispatcher
-from aplex._worker.messages import DONE, ResultItem, WorkItem
+from aplex._worker.messages import DONE, ResultItem, TasksStarted, WorkItem
 from aplex.load_balancers import Average, LoadBalancer, Random, RoundRobin, Worker
 from tests import works
 
@@ -122,6 +122,8 @@ class Work:
     worker: int | None = None  # None while waiting in the executor
     work_id: int | None = None
     done: bool = False
+    plain: bool = True  # a plain function, which holds its worker's loop
+    task: bool = False  # a plain function's call returned an awaitable
 
 
 @dataclass
@@ -206,11 +208,12 @@ class BalancerMachine(RuleBasedStateMachine):
     def has_room(self) -> bool:
         return self.limit is None or any(load < self.limit for load in self.loads)
 
-    def submit_one(self, meta: Any) -> None:
+    def submit_one(self, meta: Any, plain: bool = True) -> None:
         tag = next(self.tags)
         assert self.dispatcher is not None
-        future = self.dispatcher.submit(works.identity, (tag,), {}, meta)
-        work = self.works[tag] = Work(tag, future, meta)
+        fn = works.identity if plain else works.async_add
+        future = self.dispatcher.submit(fn, (tag,), {}, meta)
+        work = self.works[tag] = Work(tag, future, meta, plain=plain)
         # The balancer's calls first: what it did explains what follows.
         self.check_new_calls()
         # FIFO: a new work goes to a worker only if none waits before it.
@@ -276,9 +279,20 @@ class BalancerMachine(RuleBasedStateMachine):
 
     # -- rules -------------------------------------------------------------
 
-    @rule(meta=METAS)
-    def submit(self, meta: Any) -> None:
-        self.submit_one(meta)
+    @rule(meta=METAS, plain=st.booleans())
+    def submit(self, meta: Any, plain: bool) -> None:
+        self.submit_one(meta, plain)
+
+    @precondition(lambda self: any(w.plain and not w.task for w in self.model.running.values()))
+    @rule(data=st.data())
+    def a_plain_work_becomes_a_task(self, data: st.DataObject) -> None:
+        """A plain function returned an awaitable: its worker reports that it
+        runs as a task, which holds the loop no more."""
+        tags = sorted(t for t, w in self.model.running.items() if w.plain and not w.task)
+        work = self.model.running[data.draw(st.sampled_from(tags), label="work")]
+        assert self.on_results is not None and work.worker is not None
+        self.on_results(work.worker, [TasksStarted([work.work_id])])
+        work.task = True
 
     @rule(metas=st.lists(METAS, min_size=1, max_size=3))
     def fill_to_the_cap(self, metas: list[Any]) -> None:
@@ -427,7 +441,15 @@ class BalancerMachine(RuleBasedStateMachine):
         )
         blocked = [bool(flag) for flag in self.pool.blocked]
         assert [worker.blocked for worker in statistics.workers] == blocked
-        assert [self.balancer.is_blocked(w) for w in self.balancer.workers] == blocked  # type: ignore[union-attr]
+        # The balancer sees a worker blocked from the moment a plain work is
+        # sent to it, not only while the worker runs it: else a burst of
+        # plain works all goes to the worker whose first has not started.
+        holding = [
+            any(w.worker == index and w.plain and not w.task for w in self.model.running.values())
+            for index in range(len(blocked))
+        ]
+        expected = [flag or held for flag, held in zip(blocked, holding, strict=True)]
+        assert [self.balancer.is_blocked(w) for w in self.balancer.workers] == expected  # type: ignore[union-attr]
         for load in loads:
             assert load >= 0
             assert self.limit is None or load <= self.limit, f"workloads {loads} over the cap"

@@ -64,6 +64,11 @@ def sleep_sync(seconds, value=None):
     return value
 
 
+def sleep_then_pid(seconds):
+    time.sleep(seconds)
+    return os.getpid()
+
+
 def wait_event(event, timeout=30):
     """A plain work that runs until the test sets ``event``."""
     if not event.wait(timeout):
