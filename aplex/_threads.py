@@ -188,10 +188,21 @@ class ThreadWorkers:
         # A worker does not wait for itself: a cancelled block of a work's
         # own stops its pool from that worker's thread.
         current = threading.current_thread()
-        with self._exits_lock:
-            if not self._exits.wait_for(lambda: self._running <= self._left | {current}, timeout):
-                return False
-            exited, self._exited = self._exited, []
+        try:
+            with self._exits_lock:
+                if not self._exits.wait_for(
+                    lambda: self._running <= self._left | {current}, timeout
+                ):
+                    return False
+                exited, self._exited = self._exited, []
+        except RuntimeError as exc:
+            # Ctrl-C landed inside Condition.wait() after it released the
+            # lock and before its own try block (seen on Python 3.10): the
+            # with block's release then fails on the released lock, and
+            # would hide the KeyboardInterrupt that the caller must get.
+            if isinstance(exc.__context__, KeyboardInterrupt):
+                raise exc.__context__ from None
+            raise
         for thread in exited:
             if thread is not current:
                 thread.join()  # it has reported its exit: only returning is left
