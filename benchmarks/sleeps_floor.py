@@ -37,7 +37,7 @@ from typing import Any
 from benchmarks import works
 from benchmarks.floors import interleaved_medians, print_table
 from benchmarks.systems import POOL_SIZE, AplexProcess
-from benchmarks.workloads import SLEEP_S
+from benchmarks.workloads import SLEEP_S, WORKLOADS
 
 #: Works pickled, and results loaded, together in the caller's part.
 BATCH = 1000
@@ -125,16 +125,8 @@ def _callers_part(count: int) -> float:
 
 def _aplex(count: int) -> float:
     system = AplexProcess()
-    pool = system.make_pool(concurrency=count)
-    try:
-        pool.submit(works.identity, 0).result()
-        start = time.perf_counter()
-        futures = [pool.submit(works.asyncio_sleep, SLEEP_S) for _ in range(count)]
-        for future in futures:
-            future.result()
-        return time.perf_counter() - start
-    finally:
-        pool.shutdown()
+    system.load()
+    return WORKLOADS["sleeps"].run(system, count)["sleeps_s"]
 
 
 def main() -> None:

@@ -178,10 +178,11 @@ class AplexTrio(AsyncSystem):
 
 
 class StdlibProcess(SyncSystem):
+    modules = ("concurrent.futures.process",)
+
     def __init__(self, method: str):
         self.method = method
         self.label = f"ProcessPool {method}"
-        self.modules = ("concurrent.futures.process",)
 
     def make_pool(self, *, concurrency: int | None = None) -> Any:
         return concurrent.futures.ProcessPoolExecutor(
